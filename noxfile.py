@@ -14,7 +14,6 @@ stamp file records what it holds. Override the torch pair with ``DYN_TORCH="torc
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
