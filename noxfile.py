@@ -118,8 +118,9 @@ def prepare(session: nox.Session, *names: str) -> None:
 
 
 def pytest(session: nox.Session, *args: str) -> None:
+    """Run pytest on ``args``, or on the session's positional arguments when given (``nox -s ... -- path -k x``)."""
     # `python -m pytest`: the base's pytest script would run the base's interpreter.
-    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, *session.posargs)
+    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *(session.posargs or args))
 
 
 @nox.session(venv_backend="venv")
@@ -181,7 +182,7 @@ def isolation(session: nox.Session, package: str) -> None:
     )
     session.run("python", "-c", check)
     session.env["DYNCORE_CACHE"] = str(ROOT / ".nox" / "dyncore-cache")
-    pytest(session, "-m", "quick", f"packages/{package}/tests")
+    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "quick", f"packages/{package}/tests")
 
 
 def _run_each(session: nox.Session, command: str, out: Path, extra: list[str]) -> None:
