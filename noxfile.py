@@ -169,7 +169,7 @@ def isolation(session: nox.Session, package: str) -> None:
     wheels = sorted(str(p) for p in dist.glob("*.whl"))
     if len(wheels) != 2:
         session.error(f"expected 2 wheels in {dist}, found {wheels}")
-    session.run("python", "-m", "pip", "uninstall", "-q", "-y", *PACKAGES, success_codes=[0, 1])
+    session.run("python", "-m", "pip", "uninstall", "-q", "-y", *PACKAGES, success_codes=[0, 1], silent=True)
     session.run("python", "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", *wheels)
     siblings = [p for p in METHODS if p != package]
     check = (
