@@ -136,6 +136,30 @@ def _inner_padding(
     return res[0], res[1]
 
 
+def _scaled_static(static_weight: Tensor | None, static_scale: Tensor | None, batch: int) -> Tensor | None:
+    """Per-sample copies of W0, scaled per output channel by Λ(x) when given: (B, O, I, kh, kw)."""
+    if static_weight is None:
+        return None
+    w0 = static_weight.unsqueeze(0)
+    if static_scale is None:
+        return w0.expand(batch, *static_weight.shape).clone()
+    return static_scale[:, :, None, None, None] * w0
+
+
+def _add_centred(kernel: Tensor | None, dynamic: Tensor, outer: tuple[int, int]) -> Tensor:
+    """kernel + dynamic; a smaller dynamic kernel is added in place on the centre taps (no zero-padded copy)."""
+    if kernel is None:
+        return center_tap(dynamic, outer)
+    dh, dw = dynamic.shape[-2:]
+    if (dh, dw) == outer:
+        return kernel + dynamic
+    if dh > outer[0] or dw > outer[1] or (outer[0] - dh) % 2 or (outer[1] - dw) % 2:
+        raise ValueError(f"cannot centre a {dh}×{dw} dynamic kernel in a {outer[0]}×{outer[1]} static kernel")
+    ph, pw = (outer[0] - dh) // 2, (outer[1] - dw) // 2
+    kernel[..., ph : ph + dh, pw : pw + dw] += dynamic
+    return kernel
+
+
 def _scale(y: Tensor, scale: Tensor | None) -> Tensor:
     return y if scale is None else y * scale[:, :, None, None]
 
@@ -179,10 +203,7 @@ def expert_mixture_conv2d(
     outer = _pair(static_weight.shape[-2:] if static_weight is not None else experts.shape[-2:])  # type: ignore[arg-type]
     bias_b = None if bias is None else (bias.expand(batch, -1) if bias.dim() == 1 else bias)
     if mode == "synthesis":
-        kernel = center_tap(mix_experts(experts, coeffs), outer)
-        if static_weight is not None:
-            w0 = static_weight.unsqueeze(0)
-            kernel = kernel + (w0 if static_scale is None else static_scale[:, :, None, None, None] * w0)
+        kernel = _add_centred(_scaled_static(static_weight, static_scale, batch), mix_experts(experts, coeffs), outer)
         return conv2d_per_sample(x, kernel, bias_b, stride=stride, padding=padding, dilation=dilation, groups=groups)
     k, out_channels = experts.shape[:2]
     if out_channels % groups:
@@ -252,10 +273,8 @@ def low_rank_conv2d(
     outer = _pair(static_weight.shape[-2:] if static_weight is not None else (1, 1))  # type: ignore[arg-type]
     bias_b = None if bias is None else (bias.expand(batch, -1) if bias.dim() == 1 else bias)
     if mode == "synthesis":
-        kernel = center_tap(low_rank_kernel(p, phi, q)[..., None, None], outer)
-        if static_weight is not None:
-            w0 = static_weight.unsqueeze(0)
-            kernel = kernel + (w0 if static_scale is None else static_scale[:, :, None, None, None] * w0)
+        dynamic = low_rank_kernel(p, phi, q)[..., None, None]
+        kernel = _add_centred(_scaled_static(static_weight, static_scale, batch), dynamic, outer)
         return conv2d_per_sample(x, kernel, bias_b, stride=stride, padding=padding, dilation=dilation)
     inner_pad = _inner_padding(padding, dilation, outer, (1, 1))
     z = F.conv2d(x, q[:, :, None, None], None, stride, inner_pad, dilation)  # (B, L, H', W')
