@@ -1,0 +1,691 @@
+"""Learning (thesis Section 6.3.4, Eq. 6.6): L = L_ce(source) + λ·L_d(source, target) for every alignment loss of
+Table 6.2, self-training (DRT+ST), evaluation of F1, F2 and the ensemble, checkpoint selection on held-out SOURCE data,
+and seed aggregation (mean ± std).
+
+Methods (``TrainConfig.method``):
+
+* ``source_only`` — CE on the pooled sources (both heads).
+* ``dann``        — CE + λ·DANN (gradient reversal + domain discriminator).
+* ``adda``        — source-only pre-training, then the target encoder is trained against a discriminator (GAN loss,
+  inverted labels) with the source encoder and the heads frozen.
+* ``mcd``         — the released one-pass MCD with gradient reversal (:class:`drt.losses.MCDLoss`).
+* ``mcd3``        — classic three-step MCD (A: source CE; B: heads maximise the discrepancy; C: features minimise it
+  ``num_k`` times).
+* ``m3sda``       — CE + λ·moment matching between source domains and the target (needs source domain labels).
+
+Sources are pooled without domain labels (multi-source = single-source for DRT); ``m3sda`` alone reads them.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+
+from drt.losses import (
+    AdversarialDiscriminativeLoss,
+    DomainAdversarialLoss,
+    DomainDiscriminator,
+    DomainLabelsRequiredError,
+    MCDConfig,
+    MCDLoss,
+    MomentMatchingLoss,
+    classifier_discrepancy,
+)
+from drt.models import DomainAdaptationNet
+from dyncore.training import (
+    Checkpointer,
+    DistEnv,
+    InfiniteLoader,
+    JSONLLogger,
+    accuracy,
+    all_reduce_mean,
+    get_logger,
+    seed_everything,
+    unwrap,
+    wrap_ddp,
+)
+
+__all__ = [
+    "METHODS",
+    "SELECTION",
+    "DATask",
+    "DomainMismatchError",
+    "PseudoLabelled",
+    "TrainConfig",
+    "TrainResult",
+    "check_domains",
+    "digits5_task",
+    "domainnet_task",
+    "evaluate",
+    "mean_std",
+    "pseudo_labels",
+    "train",
+    "train_with_self_training",
+]
+
+Method = Literal["source_only", "dann", "adda", "mcd", "mcd3", "m3sda"]
+METHODS: tuple[str, ...] = get_args(Method)
+Selection = Literal["source", "target", "last"]
+SELECTION: tuple[str, ...] = get_args(Selection)
+log = get_logger("drt")
+
+
+class DomainMismatchError(ValueError):
+    """Source/target domains that cannot form an adaptation task (target among the sources, class counts differ)."""
+
+
+@dataclass
+class TrainConfig:
+    """One training run (Digit-Five defaults scaled to a CPU budget; spec: SGD lr 0.002, momentum 0.9, wd 5e-4).
+
+    Attributes:
+        method: one of :data:`METHODS`.
+        steps: optimisation steps; each step reads ``batch_size`` source + ``batch_size`` target images.
+        lr, momentum, weight_decay: SGD; ``new_lr_mult`` multiplies the lr of the dynamic-residual parameters,
+            the heads and the discriminator (spec DomainNet: ×10 on an ImageNet-pretrained backbone).
+        lr_milestones: steps at which the lr is multiplied by 0.1.
+        trade_off: λ of Eq. 6.6 for ``dann``/``m3sda`` (MCD's weights are in ``mcd``).
+        mcd: the released MCD values (GRL 4.0, η 50, γ 0.01, label smoothing 0.01).
+        num_k: feature-extractor updates per step in ``mcd3``.
+        align_warmup: fraction of ``steps`` over which the alignment weight (λ, or MCD's η) ramps up from 0 with the
+            DANN schedule 2/(1 + exp(−10·p)) − 1 (0 = constant weight, the spec setting).
+        adda_pretrain: fraction of ``steps`` spent on source-only pre-training in ``adda``.
+        eval_every: evaluate (and select) every this many steps (and at the end).
+        select_on: ``"source"`` (held-out source data, default), ``"last"``, or ``"target"`` — selection on the
+            target test set, an explicit opt-in that is logged as a warning and recorded in the result.
+        self_training: ``st_threshold`` (confidence, spec 0.8) and ``st_steps`` for :func:`train_with_self_training`.
+        seed: seeds python/numpy/torch and the loaders.
+        device: "cpu" or "cuda".
+    """
+
+    method: Method = "mcd"
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    new_lr_mult: float = 1.0
+    lr_milestones: tuple[int, ...] = ()
+    trade_off: float = 1.0
+    mcd: MCDConfig = field(default_factory=MCDConfig)
+    num_k: int = 4
+    align_warmup: float = 0.0
+    adda_pretrain: float = 0.5
+    eval_every: int = 200
+    select_on: Selection = "source"
+    st_threshold: float = 0.8
+    st_steps: int = 500
+    seed: int = 0
+    device: str = "cpu"
+    eval_batch_size: int = 256
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"TrainConfig.method must be one of {METHODS}, got {self.method!r}")
+        if self.select_on not in SELECTION:
+            raise ValueError(f"TrainConfig.select_on must be one of {SELECTION}, got {self.select_on!r}")
+        if self.steps < 1 or self.batch_size < 2 or self.eval_every < 1:
+            raise ValueError(
+                f"TrainConfig: steps >= 1, batch_size >= 2 and eval_every >= 1 required, got steps={self.steps}, "
+                f"batch_size={self.batch_size}, eval_every={self.eval_every}"
+            )
+        if not 0.0 < self.st_threshold < 1.0:
+            raise ValueError(f"TrainConfig.st_threshold must lie in (0, 1), got {self.st_threshold}")
+        if not 0.0 <= self.align_warmup <= 1.0:
+            raise ValueError(f"TrainConfig.align_warmup must lie in [0, 1], got {self.align_warmup}")
+        if not 0.0 <= self.adda_pretrain < 1.0:
+            raise ValueError(f"TrainConfig.adda_pretrain must lie in [0, 1), got {self.adda_pretrain}")
+        if isinstance(self.mcd, Mapping):
+            self.mcd = MCDConfig(**self.mcd)
+        self.lr_milestones = tuple(self.lr_milestones)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["lr_milestones"] = list(self.lr_milestones)
+        return d
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train`: the selected step, its source-val and target-test accuracies (F1, F2, ensemble),
+    the selection rule, the per-evaluation history and the wall time."""
+
+    best_step: int
+    source_val: dict[str, float]
+    target_test: dict[str, float]
+    select_on: str
+    history: list[dict[str, Any]]
+    seconds: float
+    pseudo_labels: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Data checks
+
+
+def _num_classes(ds: Dataset[Any]) -> int | None:
+    n = getattr(ds, "num_classes", None)
+    if isinstance(n, int):
+        return n
+    classes = getattr(ds, "classes", None)
+    return len(classes) if classes is not None else None
+
+
+def check_domains(sources: Mapping[str, Dataset[Any]], target: tuple[str, Dataset[Any]] | str) -> int:
+    """Validate a (multi-)source → target task; returns the shared number of classes.
+
+    Raises:
+        DomainMismatchError: no sources, the target domain is also a source, or the domains' class counts differ.
+    """
+    if not sources:
+        raise DomainMismatchError("sources: at least one source domain is needed")
+    target_name, target_ds = (target, None) if isinstance(target, str) else target
+    if target_name in sources:
+        raise DomainMismatchError(
+            f"target domain {target_name!r} is also a source domain (sources: {sorted(sources)}); leave it out"
+        )
+    counts = {name: _num_classes(ds) for name, ds in sources.items()}
+    if target_ds is not None:
+        counts[target_name] = _num_classes(target_ds)
+    known = {k: v for k, v in counts.items() if v is not None}
+    if len(set(known.values())) > 1:
+        raise DomainMismatchError(f"domains have different numbers of classes: {known}; they must share a label space")
+    if not known:
+        raise DomainMismatchError("cannot tell the number of classes: datasets need .classes or .num_classes")
+    return next(iter(known.values()))
+
+
+class PseudoLabelled(Dataset[tuple[Any, int]]):
+    """Target samples with pseudo labels: ``dataset[indices[i]][0]`` paired with ``labels[i]`` (and ``domain`` when
+    the source set yields domain ids, so it can be concatenated with it)."""
+
+    def __init__(self, dataset: Dataset[Any], indices: Sequence[int], labels: Sequence[int], domain: int | None = None):
+        if len(indices) != len(labels):
+            raise ValueError(f"PseudoLabelled: {len(indices)} indices but {len(labels)} labels")
+        self.dataset, self.indices, self.labels, self.domain = dataset, list(indices), list(labels), domain
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[Any, ...]:
+        x = self.dataset[self.indices[i]][0]
+        return (x, self.labels[i]) if self.domain is None else (x, self.labels[i], self.domain)
+
+
+@dataclass
+class DATask:
+    """A (multi-)source → target adaptation task: pooled labelled sources (train part), held-out source data for
+    checkpoint selection, the unlabelled target train split and the target test split."""
+
+    sources: Dataset[Any]
+    source_val: Dataset[Any]
+    target: Dataset[Any]
+    target_test: Dataset[Any]
+    source_names: tuple[str, ...]
+    target_name: str
+    num_classes: int
+
+
+def _hold_out(pooled: Dataset[Any], fraction: float, seed: int) -> tuple[Subset[Any], Subset[Any]]:
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"val_fraction must lie in (0, 1), got {fraction}")
+    n = len(pooled)  # type: ignore[arg-type]
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, round(fraction * n))
+    return Subset(pooled, perm[n_val:]), Subset(pooled, perm[:n_val])
+
+
+def _make_task(
+    sources: Mapping[str, Dataset[Any]],
+    target: tuple[str, Dataset[Any], Dataset[Any]],
+    *,
+    val_fraction: float,
+    seed: int,
+    with_domain: bool,
+) -> DATask:
+    from dyncore.data import MultiSourceDataset
+
+    name, target_train, target_test = target
+    n_classes = check_domains(sources, (name, target_train))
+    pooled = MultiSourceDataset(dict(sources), with_domain=with_domain)
+    train_part, val_part = _hold_out(pooled, val_fraction, seed)
+    return DATask(train_part, val_part, target_train, target_test, tuple(sources), name, n_classes)
+
+
+def digits5_task(
+    target: str,
+    *,
+    sources: Sequence[str] | None = None,
+    seed: int = 0,
+    limit: int | None = None,
+    val_fraction: float = 0.1,
+    with_domain: bool = False,
+    root: str | Path | None = None,
+) -> DATask:
+    """A Digits-5 task: ``sources`` (default: leave-one-domain-out, the other four; one name = single-source) → target.
+
+    10 % of the pooled source train images (``val_fraction``) are held out for checkpoint selection; the target's
+    labels are only read from its test split, for evaluation. ``limit`` caps images per split (tests).
+    """
+    from dyncore.data import DIGITS5_DOMAINS, digits5, leave_one_out
+
+    if target not in DIGITS5_DOMAINS:
+        raise DomainMismatchError(f"unknown Digits-5 target domain {target!r}; choose one of {DIGITS5_DOMAINS}")
+    names = tuple(sources) if sources is not None else leave_one_out(target)[0]
+    if target in names:
+        raise DomainMismatchError(f"target domain {target!r} is also a source domain (sources: {list(names)})")
+    src = {d: digits5(d, "train", seed=0, limit=limit, root=root) for d in names}
+    tgt = (target, digits5(target, "train", limit=limit, root=root), digits5(target, "test", limit=limit, root=root))
+    return _make_task(src, tgt, val_fraction=val_fraction, seed=seed, with_domain=with_domain)
+
+
+def domainnet_task(
+    root: str | Path,
+    target: str,
+    *,
+    sources: Sequence[str] | None = None,
+    train_transform: Callable[[Any], Any] | None = None,
+    test_transform: Callable[[Any], Any] | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.05,
+    with_domain: bool = False,
+) -> DATask:
+    """A DomainNet task from the user's lists (``root/<domain>_{train,test}.txt``); default leave-one-domain-out."""
+    from dyncore.data import DOMAINNET_DOMAINS, domainnet
+
+    if target not in DOMAINNET_DOMAINS:
+        raise DomainMismatchError(f"unknown DomainNet target domain {target!r}; choose one of {DOMAINNET_DOMAINS}")
+    names = tuple(sources) if sources is not None else tuple(d for d in DOMAINNET_DOMAINS if d != target)
+    if target in names:
+        raise DomainMismatchError(f"target domain {target!r} is also a source domain (sources: {list(names)})")
+    src = {d: domainnet(root, d, "train", transform=train_transform) for d in names}
+    tgt = (
+        target,
+        domainnet(root, target, "train", transform=train_transform),
+        domainnet(root, target, "test", transform=test_transform),
+    )
+    return _make_task(src, tgt, val_fraction=val_fraction, seed=seed, with_domain=with_domain)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def evaluate(
+    model: DomainAdaptationNet, dataset: Dataset[Any], *, batch_size: int = 256, device: str | torch.device = "cpu"
+) -> dict[str, float]:
+    """Top-1 accuracy (%) of F1, F2 (each head) and the ensemble (per sample the head with the larger max logit)."""
+    net = unwrap(model)
+    was_training = net.training
+    net.eval()
+    correct: dict[str, float] = {}
+    total = 0
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        x, y = batch[0].to(device), batch[1].to(device)
+        for name, logits in net.predict(x).items():
+            correct[name] = correct.get(name, 0.0) + accuracy(logits, y)[0] * len(y) / 100.0
+        total += len(y)
+    net.train(was_training)
+    if total == 0:
+        raise ValueError("evaluate: empty dataset")
+    return {k: 100.0 * v / total for k, v in correct.items()}
+
+
+@torch.no_grad()
+def pseudo_labels(
+    model: DomainAdaptationNet,
+    dataset: Dataset[Any],
+    *,
+    threshold: float = 0.8,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+) -> tuple[list[int], list[int]]:
+    """Indices and ensemble labels of the target samples whose softmax confidence exceeds ``threshold`` (spec 0.8)."""
+    net = unwrap(model)
+    was_training = net.training
+    net.eval()
+    indices: list[int] = []
+    labels: list[int] = []
+    offset = 0
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        conf, pred = net(batch[0].to(device)).softmax(dim=1).max(dim=1)
+        keep = torch.nonzero(conf > threshold).flatten()
+        indices += (keep + offset).tolist()
+        labels += pred[keep].tolist()
+        offset += len(batch[0])
+    net.train(was_training)
+    return indices, labels
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    if not values:
+        raise ValueError("mean_std: no values")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The learning loop
+
+
+def _split_batch(batch: Sequence[Any], device: torch.device) -> tuple[Tensor, Tensor, Tensor | None]:
+    x, y = batch[0].to(device), torch.as_tensor(batch[1]).to(device)
+    d = torch.as_tensor(batch[2]).to(device) if len(batch) > 2 else None
+    return x, y, d
+
+
+def _is_new(name: str) -> bool:
+    return ".coefficients." in name or name.endswith(".bases")
+
+
+class _Learner:
+    """Optimisers and one optimisation step per method (G: backbone; F: heads; D: discriminator)."""
+
+    def __init__(self, model: DomainAdaptationNet, cfg: TrainConfig, env: DistEnv | None) -> None:
+        self.model, self.cfg, self.env = model, cfg, env
+        self.device = torch.device(cfg.device)
+        net = unwrap(model)
+        dim = net.feature_dim
+        self.dann: DomainAdversarialLoss | None = None
+        self.adda: AdversarialDiscriminativeLoss | None = None
+        self.mcd = MCDLoss(cfg.mcd)
+        self.mm = MomentMatchingLoss()
+        self.source_encoder: nn.Module | None = None
+        extra: list[nn.Parameter] = []
+        if cfg.method == "dann":
+            self.dann = DomainAdversarialLoss(DomainDiscriminator(dim)).to(self.device)
+            extra = list(self.dann.parameters())
+        elif cfg.method == "adda":
+            self.adda = AdversarialDiscriminativeLoss(DomainDiscriminator(dim)).to(self.device)
+        static = [p for n, p in net.backbone.named_parameters() if not _is_new(n) and p.requires_grad]
+        new = [p for n, p in net.backbone.named_parameters() if _is_new(n) and p.requires_grad]
+        mom, wd = cfg.momentum, cfg.weight_decay
+        hi = cfg.lr * cfg.new_lr_mult
+        groups: list[dict[str, Any]] = [{"params": static, "lr": cfg.lr}, {"params": new + extra, "lr": hi}]
+        self.opt_g = torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr, momentum=mom, weight_decay=wd)
+        self.opt_f = torch.optim.SGD(net.heads.parameters(), lr=hi, momentum=mom, weight_decay=wd)
+        self.opt_d: torch.optim.Optimizer | None = None
+        if self.adda is not None:
+            self.opt_d = torch.optim.SGD(self.adda.parameters(), lr=hi, momentum=mom, weight_decay=wd)
+        self.optimizers = [o for o in (self.opt_g, self.opt_f, self.opt_d) if o is not None]
+        self.base_lrs = [[g["lr"] for g in o.param_groups] for o in self.optimizers]
+
+    def set_lr(self, step: int) -> None:
+        """Step decay: lr × 0.1 at every milestone already passed."""
+        factor = 0.1 ** sum(step >= m for m in self.cfg.lr_milestones)
+        for o, lrs in zip(self.optimizers, self.base_lrs):
+            for g, lr in zip(o.param_groups, lrs):
+                g["lr"] = lr * factor
+
+    # helpers ----------------------------------------------------------------------------------------------------------
+    def _heads(self) -> nn.ModuleList:
+        return unwrap(self.model).heads
+
+    def _sync_small(self, modules: Sequence[nn.Module]) -> None:
+        """Average the gradients of modules outside DDP (heads, discriminator) across processes."""
+        if self.env is None or not self.env.is_distributed:
+            return
+        for m in modules:
+            for p in m.parameters():
+                if p.grad is not None:
+                    p.grad.copy_(all_reduce_mean(p.grad, self.env))
+
+    def _update(self, loss: Tensor, optimizers: Sequence[torch.optim.Optimizer], small: Sequence[nn.Module]) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        self._sync_small(small)
+        for opt in optimizers:
+            opt.step()
+
+    def _ce(self, f_s: Tensor, y: Tensor) -> Tensor:
+        return sum(F.cross_entropy(h(f_s), y) for h in self._heads())  # type: ignore[return-value]
+
+    # one step ---------------------------------------------------------------------------------------------------------
+    def ramp(self, step: int) -> float:
+        """Alignment weight factor in [0, 1] (DANN schedule over the warm-up fraction of the steps)."""
+        span = self.cfg.align_warmup * self.cfg.steps
+        if span <= 0:
+            return 1.0
+        p = min(1.0, step / span)
+        return float(2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0)
+
+    def step(self, step: int, xs: Tensor, ys: Tensor, ds: Tensor | None, xt: Tensor) -> dict[str, float]:
+        cfg = self.cfg
+        weight = self.ramp(step)
+        self.mcd.eta = cfg.mcd.eta * weight
+        heads = self._heads()
+        n_s = xs.shape[0]
+        both = [self.opt_g, self.opt_f]
+        method = cfg.method
+        if method == "adda" and step >= int(cfg.adda_pretrain * cfg.steps):
+            return self._adda_step(xs, xt)
+        if method in ("source_only", "adda"):
+            loss = self._ce(self._features(xs), ys)
+            self._update(loss, both, [heads])
+            return {"loss": float(loss.detach())}
+        if method == "mcd3":
+            return self._mcd3_step(xs, ys, xt)
+        f = self._features(torch.cat([xs, xt]))
+        f_s, f_t = f[:n_s], f[n_s:]
+        if method == "mcd":
+            parts = self.mcd(list(heads), f_s, ys, f_t)
+            self._update(parts["loss"], both, [heads])
+            return {k: float(v.detach()) for k, v in parts.items()}
+        ce = self._ce(f_s, ys)
+        if method == "dann":
+            assert self.dann is not None
+            align = self.dann(f_s, f_t)
+            total = ce + cfg.trade_off * weight * align
+            self._update(total, both, [heads, self.dann])
+            return {"loss": float(total.detach()), "ce": float(ce.detach()), "domain": float(align.detach())}
+        # m3sda
+        if ds is None:
+            raise DomainLabelsRequiredError(
+                "method 'm3sda' (M³SDA-β) needs source domain labels: the source dataset must yield (x, y, domain)"
+            )
+        align = self.mm(f_s, ds, f_t)
+        total = ce + cfg.trade_off * weight * align
+        self._update(total, both, [heads])
+        return {"loss": float(total.detach()), "ce": float(ce.detach()), "moments": float(align.detach())}
+
+    def _features(self, x: Tensor) -> Tensor:
+        return self.model.backbone(x) if hasattr(self.model, "backbone") else unwrap(self.model).backbone(x)
+
+    def _mcd3_step(self, xs: Tensor, ys: Tensor, xt: Tensor) -> dict[str, float]:
+        heads = self._heads()
+        # A: source CE on G and both heads.
+        ce = self._ce(self._features(xs), ys)
+        self._update(ce, [self.opt_g, self.opt_f], [heads])
+        # B: heads maximise the target discrepancy while staying accurate on the source (G fixed).
+        with torch.no_grad():
+            f = self._features(torch.cat([xs, xt]))
+        f_s, f_t = f[: xs.shape[0]], f[xs.shape[0] :]
+        dis_b = classifier_discrepancy(heads[0](f_t), heads[1](f_t))
+        self._update(self._ce(f_s, ys) - dis_b, [self.opt_f], [heads])
+        # C: G minimises the discrepancy num_k times (heads fixed).
+        dis_c = torch.zeros(())
+        for _ in range(self.cfg.num_k):
+            f_t = self._features(xt)
+            dis_c = classifier_discrepancy(heads[0](f_t), heads[1](f_t))
+            self._update(dis_c, [self.opt_g], [])
+        return {"ce": float(ce.detach()), "dis_max": float(dis_b.detach()), "dis_min": float(dis_c.detach())}
+
+    def _adda_step(self, xs: Tensor, xt: Tensor) -> dict[str, float]:
+        assert self.adda is not None and self.opt_d is not None
+        if self.source_encoder is None:  # end of pre-training: freeze a copy as the source encoder, and the heads
+            self.source_encoder = copy.deepcopy(unwrap(self.model).backbone).eval().requires_grad_(False)
+            self._heads().requires_grad_(False)
+        with torch.no_grad():
+            f_s = self.source_encoder(xs)
+        f_t = self._features(xt)
+        d_loss = self.adda.discriminator_loss(f_s, f_t)
+        self._update(d_loss, [self.opt_d], [self.adda])
+        g_loss = self.adda.encoder_loss(self._features(xt))
+        self._update(g_loss, [self.opt_g], [])
+        return {"disc": float(d_loss.detach()), "encoder": float(g_loss.detach())}
+
+
+def _loader(ds: Dataset[Any], cfg: TrainConfig, seed: int, env: DistEnv | None) -> InfiniteLoader:
+    g = torch.Generator().manual_seed(seed)
+    sampler: Any = None
+    if env is not None and env.is_distributed:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(ds, num_replicas=env.world_size, rank=env.rank, seed=seed, drop_last=True)
+    loader = DataLoader(
+        ds,
+        batch_size=cfg.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=True,
+        generator=g,
+        num_workers=cfg.num_workers,
+    )
+    if len(loader) == 0:
+        raise ValueError(f"dataset of {len(ds)} samples is smaller than batch_size={cfg.batch_size}")  # type: ignore[arg-type]
+    return InfiniteLoader(loader)
+
+
+def train(
+    model: DomainAdaptationNet,
+    sources: Dataset[Any],
+    target: Dataset[Any],
+    *,
+    source_val: Dataset[Any],
+    target_test: Dataset[Any],
+    config: TrainConfig,
+    out_dir: str | Path | None = None,
+    env: DistEnv | None = None,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` on labelled ``sources`` (pooled; (x, y) or (x, y, domain)) and unlabelled ``target`` (its
+    labels are never read), select a checkpoint, and report F1/F2/ensemble accuracy.
+
+    Selection: every ``eval_every`` steps the model is evaluated on ``source_val`` (held-out source data, default) —
+    or on ``target_test`` when ``select_on="target"`` (an explicit opt-in, logged as a warning: it reports an
+    optimistic, oracle-selected number) — and the best state is kept (``out_dir/checkpoints/best.pt`` via
+    :class:`dyncore.training.Checkpointer` when ``out_dir`` is given; metrics in ``out_dir/metrics.jsonl``).
+    The returned ``target_test`` accuracies are those of the selected state.
+    """
+    cfg = config
+    t0 = time.perf_counter()
+    seed_everything(cfg.seed)
+    device = torch.device(cfg.device)
+    if cfg.select_on == "target":
+        log.warning(
+            "SELECTING CHECKPOINTS ON THE TARGET TEST SET (select_on='target'): an oracle choice that uses target "
+            "labels; the reported accuracy is optimistic and not comparable to source-selected results"
+        )
+    if cfg.method == "m3sda":
+        sample = sources[0]
+        if not isinstance(sample, (tuple, list)) or len(sample) < 3:
+            raise DomainLabelsRequiredError(
+                "method 'm3sda' (M³SDA-β) needs source domain labels: build the sources with "
+                "MultiSourceDataset(..., with_domain=True)"
+            )
+    model.to(device)
+    if env is not None and env.is_distributed:
+        model.backbone = wrap_ddp(model.backbone, env)  # type: ignore[assignment]
+    learner = _Learner(model, cfg, env)
+    src = _loader(sources, cfg, cfg.seed, env)
+    tgt = _loader(target, cfg, cfg.seed + 1, env)
+    logger = JSONLLogger(Path(out_dir) / "metrics.jsonl") if out_dir is not None else None
+    ckpt = Checkpointer(Path(out_dir) / "checkpoints", cfg.to_dict(), env=env) if out_dir is not None else None
+    history: list[dict[str, Any]] = []
+    best: tuple[float, int, dict[str, Tensor]] | None = None
+    model.train()
+    for step in range(cfg.steps):
+        xs, ys, ds = _split_batch(next(src), device)
+        xt, _, _ = _split_batch(next(tgt), device)
+        learner.set_lr(step)
+        stats = learner.step(step, xs, ys, ds, xt)
+        if not all(math.isfinite(v) for v in stats.values()):
+            raise FloatingPointError(f"train: non-finite loss at step {step}: {stats}")
+        if callback is not None:
+            callback(step, stats)
+        done = step + 1
+        if done % cfg.eval_every and done != cfg.steps:
+            continue
+        val = evaluate(model, source_val, batch_size=cfg.eval_batch_size, device=device)
+        record: dict[str, Any] = {"step": done, **{f"train/{k}": v for k, v in stats.items()}}
+        record.update({f"source_val/{k}": v for k, v in val.items()})
+        if cfg.select_on == "target":
+            tst = evaluate(model, target_test, batch_size=cfg.eval_batch_size, device=device)
+            record.update({f"target_test/{k}": v for k, v in tst.items()})
+            score = tst["ensemble"]
+        else:
+            score = val["ensemble"] if cfg.select_on == "source" else float(done)
+        history.append(record)
+        if logger is not None:
+            logger.log(**record)
+        if best is None or score >= best[0]:
+            best = (score, done, copy.deepcopy(unwrap(model).state_dict()))
+            if ckpt is not None:
+                ckpt.save(done, model=model, extra={"selected_on": cfg.select_on, "score": score}, name="best.pt")
+    assert best is not None
+    unwrap(model).load_state_dict(best[2])
+    if env is not None and env.is_distributed:
+        model.backbone = unwrap(model.backbone)  # type: ignore[assignment]
+    val = evaluate(model, source_val, batch_size=cfg.eval_batch_size, device=device)
+    tst = evaluate(model, target_test, batch_size=cfg.eval_batch_size, device=device)
+    if logger is not None:
+        logger.log(step=best[1], selected=True, select_on=cfg.select_on, **{f"final/{k}": v for k, v in tst.items()})
+    return TrainResult(best[1], val, tst, cfg.select_on, history, time.perf_counter() - t0)
+
+
+def train_with_self_training(
+    model: DomainAdaptationNet,
+    sources: Dataset[Any],
+    target: Dataset[Any],
+    *,
+    source_val: Dataset[Any],
+    target_test: Dataset[Any],
+    config: TrainConfig,
+    out_dir: str | Path | None = None,
+    env: DistEnv | None = None,
+) -> tuple[TrainResult, TrainResult]:
+    """DRT+ST: train, pseudo-label the target samples with confidence > ``config.st_threshold`` (0.8), then train
+    again (``config.st_steps`` steps, same method) with the source samples plus the pseudo-labelled target samples.
+    Returns (first-stage result, self-training result)."""
+    first = train(
+        model, sources, target, source_val=source_val, target_test=target_test, config=config, out_dir=out_dir, env=env
+    )
+    idx, labels = pseudo_labels(model, target, threshold=config.st_threshold, device=config.device)
+    log.info("self-training: %d of %d target samples above confidence %.2f", len(idx), len(target), config.st_threshold)  # type: ignore[arg-type]
+    if len(idx) < config.batch_size:
+        log.warning("self-training: only %d pseudo labels (< batch size); keeping the first-stage model", len(idx))
+        return first, TrainResult(**{**first.to_dict(), "pseudo_labels": len(idx)})
+    sample = sources[0]
+    domain = -1 if isinstance(sample, (tuple, list)) and len(sample) > 2 else None
+    augmented: ConcatDataset[Any] = ConcatDataset([sources, PseudoLabelled(target, idx, labels, domain)])
+    st_cfg = dataclasses.replace(config, steps=config.st_steps, eval_every=min(config.eval_every, config.st_steps))
+    second = train(
+        model,
+        augmented,
+        target,
+        source_val=source_val,
+        target_test=target_test,
+        config=st_cfg,
+        out_dir=None if out_dir is None else Path(out_dir) / "self_training",
+        env=env,
+    )
+    second.pseudo_labels = len(idx)
+    return first, second
