@@ -1,0 +1,55 @@
+"""Data for BDL: the embedded street-scene benchmark and loaders for GTA5, SYNTHIA and Cityscapes."""
+
+from bdl.data.labels import (
+    CITYSCAPES_CLASSES,
+    CITYSCAPES_ID_TO_TRAINID,
+    CITYSCAPES_PALETTE,
+    CLASSES_13,
+    CLASSES_16,
+    IGNORE_INDEX,
+    NUM_CLASSES,
+    SYNTHIA_ID_TO_TRAINID,
+    colorize,
+    make_lut,
+)
+from bdl.data.real import DatasetError, LabeledImageFolder, cityscapes, gta5, synthia
+from bdl.data.scenes import (
+    REAL_LAYOUT,
+    SYNTHETIC_LAYOUT,
+    LayoutStyle,
+    SegmentationDataset,
+    StreetScenes,
+    denormalize_image,
+    generate_layout,
+    generate_scenes,
+    normalize_image,
+    street_scenes,
+)
+
+__all__ = [
+    "CITYSCAPES_CLASSES",
+    "CITYSCAPES_ID_TO_TRAINID",
+    "CITYSCAPES_PALETTE",
+    "CLASSES_13",
+    "CLASSES_16",
+    "IGNORE_INDEX",
+    "NUM_CLASSES",
+    "REAL_LAYOUT",
+    "SYNTHETIC_LAYOUT",
+    "SYNTHIA_ID_TO_TRAINID",
+    "DatasetError",
+    "LabeledImageFolder",
+    "LayoutStyle",
+    "SegmentationDataset",
+    "StreetScenes",
+    "cityscapes",
+    "colorize",
+    "denormalize_image",
+    "generate_layout",
+    "generate_scenes",
+    "gta5",
+    "make_lut",
+    "normalize_image",
+    "street_scenes",
+    "synthia",
+]
