@@ -1,0 +1,370 @@
+"""The DCD layer: W(x) = Λ(x)·W0 + ⊕_b P_b Φ_b(x) Q_bᵀ  (Eq. 3.6; Eq. 3.7 for B > 1 blocks).
+
+On a k×k static kernel the low-rank residual is a 1×1 conv on the centre tap ("channel fusion alone", Sec. 3.4.3).
+Forms:
+
+* **stabilised** (default, the released implementation): the kernel is never built; with z = BN2d(Q ∗ x)
+  ``y = Λ(x) ⊙ (W0 ∗ x + b) + P( BN1d(Φ(x)·z) + z )`` — effectively P(Φ + I)Qᵀ with BNs "for stability".
+* **plain**: ``y = (Λ(x)·W0 + P Φ(x) Qᵀ) ∗ x + Λ(x) ⊙ b``, exactly Eq. 3.6.
+
+Application (``mode``): "featurewise" runs every term on the features (per pixel); "synthesis" builds one kernel per
+sample through :func:`dyncore.nn.low_rank_conv2d`. In eval mode the BNs are affine, so the stabilised form folds into
+Φ_eff = diag(a₂)·Φ·diag(a₁) + diag(a₁) and a per-sample bias, and both forms give the same output. In training the
+stabilised form needs the batch statistics of the latent features, so it always runs feature-wise.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dcd.rules import check_latent, paper_latent, scale_latent, squeeze_width
+from dyncore.nn import CoefficientBranch, check_channels, check_mode, check_rank, low_rank_conv2d, low_rank_madds
+
+__all__ = ["VARIANTS", "DynamicConvDecomposition", "bn_affine", "dynamic_per_sample"]
+
+VARIANTS = ("full", "lambda", "residual")
+
+
+def bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
+    """Eval-mode BN as y = a·x + c: returns (a, c), each (C,)."""
+    var = bn.running_var if bn.running_var is not None else torch.ones(bn.num_features)
+    mean = bn.running_mean if bn.running_mean is not None else torch.zeros(bn.num_features)
+    a = torch.rsqrt(var + bn.eps)
+    if bn.weight is not None:
+        a = a * bn.weight
+    c = -mean * a
+    if bn.bias is not None:
+        c = c + bn.bias
+    return a, c
+
+
+def dynamic_per_sample(convention: Any) -> bool:
+    """True when a MAdds convention counts the dynamic part once per sample (kernel synthesis)."""
+    return getattr(convention, "dynamic", "per_sample") == "per_sample"
+
+
+def _no_grad(*tensors: Tensor) -> bool:
+    """True when no autograd graph is being built through ``tensors`` (in-place accumulation is safe)."""
+    return not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors)
+
+
+def _block_diag(blocks: Tensor) -> Tensor:
+    """(..., nb, r, c) → (..., nb·r, nb·c) block-diagonal."""
+    *lead, nb, r, c = blocks.shape
+    eye = torch.eye(nb, dtype=blocks.dtype, device=blocks.device)
+    out = blocks.unsqueeze(-2) * eye[:, None, :, None]  # (..., nb, r, nb, c)
+    return out.reshape(*lead, nb * r, nb * c)
+
+
+class DynamicConvDecomposition(nn.Module):
+    """Dynamic convolution decomposition (Eq. 3.6 / 3.7; k×k: channel fusion alone).
+
+    Args:
+        in_channels, out_channels: C_in, C_out.
+        kernel_size: k of the static kernel W0 (odd); the dynamic residual is always 1×1 (centre tap).
+        stride, padding (default k//2), dilation: of W0; Q carries the stride.
+        groups: must be 1 (W0 is a full matrix; see :class:`DepthwiseDCD` for depthwise convs).
+        bias: a static bias b (scaled by Λ, as in the released classifier).
+        latent: L, the size of Φ (default: the paper's ⌊C_in / 2^⌊log2 √C_in⌋⌋), multiplied by ``latent_mult``.
+        squeeze: S, hidden width of the dynamic branch (default max(C_in·pool², L²) // ``reduction``, ≥ 4).
+        pool: 1 (global) or 2 (2×2 → 4·C_in branch features).
+        variant: "full" (ΛW0 + PΦQᵀ), "lambda" (ΛW0 only) or "residual" (W0 + PΦQᵀ) — Table 3.1.
+        blocks: B diagonal blocks of the dynamic residual (Eq. 3.7); each block has L/B latent channels.
+        stabilised: the released P(BN(Φ·BN(Qx)) + BN(Qx)) form (default) or the plain equation.
+        fusion_bn_init: initial γ of BN(Φ·z) in the stabilised form (1 as released; 0 = start from ΛW0 + PQᵀ).
+        mode: "featurewise" or "synthesis".
+
+    Shapes: x (B, C_in, H, W) → (B, C_out, H', W').
+    """
+
+    shift: Tensor | None
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        *,
+        stride: int = 1,
+        padding: int | None = None,
+        dilation: int = 1,
+        groups: int = 1,
+        bias: bool = False,
+        latent: int | None = None,
+        latent_mult: float = 1.0,
+        squeeze: int | None = None,
+        reduction: int = 16,
+        pool: int = 1,
+        variant: str = "full",
+        blocks: int = 1,
+        stabilised: bool = True,
+        fusion_bn_init: float = 1.0,
+        mode: str = "featurewise",
+    ) -> None:
+        super().__init__()
+        who = type(self).__name__
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{who}: {name} must be a positive integer, got {v!r}")
+        if groups != 1:
+            raise ValueError(
+                f"{who}: groups={groups} is not supported (W0 must be a full C_out×C_in matrix); "
+                "use DepthwiseDCD for a depthwise conv or keep grouped convs static"
+            )
+        if kernel_size <= 0 or kernel_size % 2 == 0:
+            raise ValueError(f"{who}: kernel_size must be a positive odd number (centre tap), got {kernel_size}")
+        if variant not in VARIANTS:
+            raise ValueError(f"{who}: unknown variant {variant!r}; choose one of {VARIANTS}")
+        if not isinstance(blocks, int) or blocks <= 0:
+            raise ValueError(f"{who}: blocks (B) must be a positive integer, got {blocks!r}")
+        if in_channels % blocks or out_channels % blocks:
+            raise ValueError(
+                f"{who}: blocks B={blocks} must divide in_channels={in_channels} and out_channels={out_channels}"
+            )
+        padding = kernel_size // 2 * dilation if padding is None else padding
+        inner = padding - dilation * (kernel_size - 1) // 2
+        if inner < 0:
+            raise ValueError(f"{who}: padding={padding} too small for a centred 1×1 residual on a {kernel_size}² conv")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
+        self.inner_padding = inner
+        self.variant = variant
+        self.stabilised = stabilised
+        self.fusion_bn_init = fusion_bn_init
+        self.blocks = blocks
+        self.mode = check_mode(mode)
+        self.use_lambda = variant in ("full", "lambda")
+        self.use_residual = variant in ("full", "residual")
+
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        heads: dict[str, int] = {}
+        outputs: dict[str, str] = {}
+        lat = scale_latent(check_latent(paper_latent(in_channels) if latent is None else latent, who), latent_mult)
+        if self.use_residual:
+            if lat < blocks:
+                raise ValueError(f"{who}: latent L={lat} is smaller than the number of blocks B={blocks}")
+            self.block_latent = lat // blocks
+            self.latent = self.block_latent * blocks
+            self.q = nn.Parameter(torch.empty(self.latent, in_channels // blocks, 1, 1))
+            self.p = nn.Parameter(torch.empty(out_channels, self.block_latent, 1, 1))
+            heads["phi"] = blocks * self.block_latent**2
+            outputs["phi"] = "raw"
+            if stabilised:
+                self.bn_q = nn.BatchNorm2d(self.latent)
+                self.bn_phi = nn.BatchNorm1d(self.latent)
+                # γ of BN1d(Φz): 1 as released. BN rescales the tiny Φ(x)·z of initialisation to unit variance, so
+                # the fused path starts as per-sample noise; 0 starts the layer as ΛW0 + PQᵀ (faster on short budgets).
+                nn.init.constant_(self.bn_phi.weight, fusion_bn_init)
+        else:
+            self.latent = self.block_latent = 0
+        if self.use_lambda:
+            heads["scale"] = out_channels
+            outputs["scale"] = "hsig2"
+        if squeeze is None:
+            squeeze = squeeze_width(in_channels * pool * pool, self.latent, reduction)
+        self.squeeze = squeeze
+        self.branch = CoefficientBranch(
+            in_channels, heads, hidden=squeeze, pool=pool, hidden_activation="gate", output=outputs, bias=False
+        )
+        self.register_buffer("shift", None)
+        self.reset_parameters()
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, **kwargs: Any) -> DynamicConvDecomposition:
+        """A DCD layer whose W0 (and bias) is a copy of ``conv``'s weights; stride/padding/dilation are taken over.
+
+        Raises:
+            ValueError: grouped conv, non-square or even kernel, or string/asymmetric padding.
+        """
+        who = f"{cls.__name__}.from_conv"
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"{who}: expected an nn.Conv2d, got {type(conv).__name__}")
+        if conv.groups != 1:
+            raise ValueError(f"{who}: cannot convert a grouped conv (groups={conv.groups}); DCD needs a full W0")
+        kh, kw = conv.kernel_size
+        if kh != kw:
+            raise ValueError(f"{who}: kernel {conv.kernel_size} must be square")
+        pads, strides, dils = conv.padding, conv.stride, conv.dilation
+        if isinstance(pads, str) or len(set(pads)) != 1 or len(set(strides)) != 1 or len(set(dils)) != 1:
+            raise ValueError(f"{who}: padding/stride/dilation must be symmetric integers, got {pads}/{strides}/{dils}")
+        layer = cls(
+            conv.in_channels, conv.out_channels, kh, stride=strides[0], padding=int(pads[0]), dilation=dils[0],
+            bias=conv.bias is not None, **kwargs,
+        )  # fmt: skip
+        with torch.no_grad():
+            layer.weight.copy_(conv.weight)
+            if conv.bias is not None and layer.bias is not None:
+                layer.bias.copy_(conv.bias)
+        return layer.to(conv.weight.device)
+
+    # ------------------------------------------------------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        """PyTorch conv default for W0, P, Q (the model builders re-initialise as the paper does)."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.use_residual:
+            nn.init.kaiming_uniform_(self.q, a=math.sqrt(5))
+            nn.init.kaiming_uniform_(self.p, a=math.sqrt(5))
+
+    def conv_weights(self) -> list[Tensor]:
+        """The conv-like weights (W0, Q, P) for conv-style initialisation."""
+        return [self.weight, *([self.q, self.p] if self.use_residual else [])]
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"variant={self.variant}, L={self.latent}, S={self.squeeze}, B={self.blocks}, "
+            f"stabilised={self.stabilised}, mode={self.mode}"
+        )
+
+    # ------------------------------------------------------------------------------------------------------------------
+    def coefficients(self, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """Λ(x) (B, C_out) or None, and block-diagonal Φ(x) (B, L, L) or None."""
+        out = self.branch(x)
+        assert isinstance(out, dict)
+        lam = out.get("scale")
+        phi = out.get("phi")
+        if phi is not None:
+            phi = phi.reshape(x.shape[0], self.blocks, self.block_latent, self.block_latent)
+            phi = phi[:, 0] if self.blocks == 1 else _block_diag(phi)
+        return lam, phi
+
+    def _full_pq(self) -> tuple[Tensor, Tensor]:
+        """P (C_out, L) and Qᵀ (L, C_in), block-diagonal when B > 1."""
+        p = self.p.flatten(1)
+        q = self.q.flatten(1)
+        if self.blocks > 1:
+            p = _block_diag(p.reshape(self.blocks, self.out_channels // self.blocks, self.block_latent))
+            q = _block_diag(q.reshape(self.blocks, self.block_latent, self.in_channels // self.blocks))
+        return p, q
+
+    def _static(self, x: Tensor, lam: Tensor | None) -> Tensor:
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+        return y if lam is None else y * lam[:, :, None, None]
+
+    def forward_released(self, x: Tensor, lam: Tensor | None = None, phi: Tensor | None = None) -> Tensor:
+        """Feature-wise path with the BN modules as they are (the released computation; used in training)."""
+        if lam is None and phi is None:
+            lam, phi = self.coefficients(x)
+        if phi is None:
+            return self._static(x, lam)
+        if self.kernel_size == 1 and self.blocks == 1 and self.inner_padding == self.padding:
+            # W0 and Q read the same pixels: one conv producing C_out + L channels, then split.
+            both = F.conv2d(x, torch.cat([self.weight, self.q]), None, self.stride, self.padding, self.dilation)
+            y, z = both.split([self.out_channels, self.latent], dim=1)
+            if self.bias is not None:
+                y = y + self.bias[:, None, None]
+            if lam is not None:
+                y = y * lam[:, :, None, None]
+        else:
+            y = self._static(x, lam)
+            z = F.conv2d(x, self.q, None, self.stride, self.inner_padding, self.dilation, self.blocks)
+        shape = z.shape
+        if self.stabilised:
+            z = self.bn_q(z)
+            u = self.bn_phi(torch.bmm(phi, z.flatten(2))).reshape(shape) + z
+        else:
+            u = torch.bmm(phi, z.flatten(2)).reshape(shape)
+        if self.blocks == 1:
+            # y + P·u as one batched GEMM (cheaper than a 1×1 conv plus an add, forward and backward).
+            p = self.p.flatten(1).expand(x.shape[0], -1, -1)
+            return torch.baddbmm(y.flatten(2), p, u.flatten(2)).reshape(y.shape)
+        return y + F.conv2d(u, self.p, None, 1, 0, 1, self.blocks)
+
+    def effective(self, lam: Tensor | None, phi: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Φ_eff (B, L, L) and the per-sample bias (B, C_out) such that the layer equals
+        (Λ·W0 + P Φ_eff Qᵀ) ∗ x + bias — exact for the plain form and for the stabilised form in eval mode."""
+        bias = None if self.bias is None else (self.bias if lam is None else lam * self.bias)
+        if not self.stabilised:
+            return phi, bias
+        a1, c1 = bn_affine(self.bn_q)
+        a2, c2 = bn_affine(self.bn_phi)
+        eye = torch.eye(self.latent, dtype=phi.dtype, device=phi.device)
+        phi_eff = a2[None, :, None] * phi * a1[None, None, :] + eye * a1  # diag(a1) (ONNX has no aten::diag)
+        vec = a2 * (phi @ c1) + c2 + c1  # (B, L)
+        p, _ = self._full_pq()
+        extra = vec @ p.t()
+        return phi_eff, extra if bias is None else extra + bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self._forward(x)
+        if self.shift is None:
+            return y
+        return y.add_(self.shift[None, :, None, None]) if _no_grad(x, y) else y + self.shift[None, :, None, None]
+
+    def _forward(self, x: Tensor) -> Tensor:
+        check_rank(x, (4,), type(self).__name__)
+        check_channels(x, self.in_channels, type(self).__name__)
+        lam, phi = self.coefficients(x)
+        if phi is None:
+            return self._static(x, lam)
+        if (self.stabilised and self.training) or (self.mode == "featurewise" and self.blocks > 1):
+            return self.forward_released(x, lam, phi)
+        phi_eff, bias = self.effective(lam, phi)
+        p, q = self._full_pq()
+        if self.mode == "featurewise" and _no_grad(x, phi_eff):
+            return self._featurewise_inference(x, lam, phi_eff, bias, p, q)
+        return low_rank_conv2d(
+            x, p, phi_eff, q, static_weight=self.weight, static_scale=lam, bias=bias,
+            stride=self.stride, padding=self.padding, dilation=self.dilation, mode=self.mode,
+        )  # fmt: skip
+
+    def _featurewise_inference(
+        self, x: Tensor, lam: Tensor | None, phi_eff: Tensor, bias: Tensor | None, p: Tensor, q: Tensor
+    ) -> Tensor:
+        """Folded feature-wise form without autograd: the same sums as :func:`low_rank_conv2d` (feature-wise), but
+        accumulated in place into W0's output (no full-size temporaries: at batch 1 on large maps the allocations,
+        not the arithmetic, dominate)."""
+        y = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation)
+        if lam is not None:
+            y.mul_(lam[:, :, None, None])
+        z = F.conv2d(x, q[:, :, None, None], None, self.stride, self.inner_padding, self.dilation)
+        u = torch.bmm(phi_eff, z.flatten(2))  # (B, L, H'W')
+        y.flatten(2).baddbmm_(p.expand(x.shape[0], -1, -1), u)
+        return y if bias is None else y.add_(bias[:, :, None, None])
+
+    # ------------------------------------------------------------------------------------------------------------------
+    def branch_madds(self) -> int:
+        """MAdds of the dynamic branch (its Linears) for one sample."""
+        return sum(m.in_features * m.out_features for m in self.branch.modules() if isinstance(m, nn.Linear))
+
+    def madds(self, inputs: tuple[Tensor, ...], output: Tensor, convention: Any) -> int:
+        """MAdds for one sample (static W0 at every output pixel and the branch in both conventions).
+
+        per_pixel (the released feature-wise computation): Q, Φ and P at every output pixel, Σ_b (L_b·I_b + L_b² +
+        O_b·L_b)·H'W'. per_sample (kernel synthesis): Λ·W0 (O·I·k²) and ⊕_b P_b Φ_b Q_bᵀ once per sample, in the cheaper
+        association order, Σ_b (min(L_b²·I_b, O_b·L_b²) + O_b·L_b·I_b); the synthesised 1×1 kernel is added to W0's
+        centre tap, so its per-pixel cost is already W0's."""
+        h, w = output.shape[-2:]
+        pixels = h * w
+        total = self.out_channels * self.in_channels * self.kernel_size**2 * pixels + self.branch_madds()
+        per_sample = dynamic_per_sample(convention)
+        if per_sample and self.use_lambda and self.use_residual:
+            total += self.out_channels * self.in_channels * self.kernel_size**2
+        if not self.use_residual:
+            return total
+        nb, lb = self.blocks, self.block_latent
+        ib, ob = self.in_channels // nb, self.out_channels // nb
+        if per_sample:
+            return total + nb * (min(lb * lb * ib, ob * lb * lb) + ob * lb * ib)
+        return total + nb * low_rank_madds(out_channels=ob, in_channels=ib, rank=lb, out_hw=(h, w), mode="featurewise")
+
+    # ------------------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def fold_bn(self, bn: nn.BatchNorm2d) -> None:
+        """Fold a following eval-mode BatchNorm2d into W0, b and P (inference form; replace the BN by Identity).
+
+        s⊙(Λ⊙(W0∗x + b) + P(…)) + t = Λ⊙((s·W0)∗x + s·b) + (s·P)(…) + t, so t becomes a bias outside Λ."""
+        s, t = bn_affine(bn)
+        self.weight.mul_(s[:, None, None, None])
+        if self.bias is not None:
+            self.bias.mul_(s)
+        if self.use_residual:
+            self.p.mul_(s[:, None, None, None])
+        # t must not be scaled by Λ: it goes to a Λ-free shift added after everything.
+        self.shift = t.clone() if self.shift is None else s * self.shift + t

@@ -1,0 +1,171 @@
+"""What every model family shares: the dynamic-layer configuration (as data) and the layer factories."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from typing import Any
+
+from torch import Tensor, nn
+
+from dcd.layers import (
+    CondConv2d,
+    DCDClassifier,
+    DepthwiseDCD,
+    DynamicConv2d,
+    DynamicConvDecomposition,
+    JointFusionDCD,
+)
+from dcd.layers.dcd import VARIANTS
+from dcd.rules import LatentRule, scale_latent
+
+__all__ = ["KINDS", "ConvBNAct", "DynamicConfig", "conv_weight_init", "dynamic_layers", "pop_timm_kwargs"]
+
+KINDS = ("static", "dcd", "dyconv", "condconv")
+
+
+@dataclass(frozen=True)
+class DynamicConfig:
+    """Which dynamic layer a model uses and where.
+
+    Attributes:
+        kind: "static", "dcd", "dyconv" (K=4, softmax/τ) or "condconv" (K=8, sigmoid).
+        variant: DCD formulation, Table 3.1 ("full", "lambda", "residual").
+        latent_mult: multiplier on every rule's L (Table 3.2).
+        blocks: B diagonal blocks of the dynamic residual (Eq. 3.7).
+        stabilised: released BN-stabilised form (True) or the plain Eq. 3.6.
+        mode: "featurewise" or "synthesis" for every dynamic layer (see :func:`dcd.set_apply_mode`).
+        pointwise, depthwise, classifier: DCD at PW / DW (Eq. 3.8) / CLS layers (Table 3.3b; default PW + CLS).
+        kxk: ResNet k×k form: "channel" (channel fusion alone, released) or "joint" (Eq. 3.9).
+        fc_squeeze: MobileNetV2 S divisor (16 for ×1.0, 8 for ×0.5/×0.35).
+        temperature: initial DY-Conv softmax temperature.
+        fusion_bn_init: initial γ of BN(Φ·z) in DCD layers (1 as released; 0 starts each layer as ΛW0 + PQᵀ).
+    """
+
+    kind: str = "dcd"
+    variant: str = "full"
+    latent_mult: float = 1.0
+    blocks: int = 1
+    stabilised: bool = True
+    mode: str = "featurewise"
+    pointwise: bool = True
+    depthwise: bool = False
+    classifier: bool = True
+    kxk: str = "channel"
+    fc_squeeze: int = 8
+    temperature: float = 30.0
+    fusion_bn_init: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"DynamicConfig.kind must be one of {KINDS}, got {self.kind!r}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"DynamicConfig.variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.kxk not in ("channel", "joint"):
+            raise ValueError(f"DynamicConfig.kxk must be 'channel' or 'joint', got {self.kxk!r}")
+        if not self.latent_mult > 0:
+            raise ValueError(f"DynamicConfig.latent_mult must be positive, got {self.latent_mult}")
+
+    def with_(self, **changes: Any) -> DynamicConfig:
+        return replace(self, **changes)
+
+    def dcd(self, in_ch: int, out_ch: int, rule: LatentRule, kernel_size: int = 1, stride: int = 1) -> nn.Module:
+        """A DCD conv with the sizes of ``rule``."""
+        return DynamicConvDecomposition(
+            in_ch, out_ch, kernel_size, stride=stride, latent=scale_latent(rule.latent, self.latent_mult),
+            squeeze=rule.squeeze, pool=rule.pool, variant=self.variant, blocks=self.blocks,
+            stabilised=self.stabilised, fusion_bn_init=self.fusion_bn_init, mode=self.mode,
+        )  # fmt: skip
+
+    def vanilla(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, groups: int = 1) -> nn.Module:
+        """A DY-Conv or CondConv layer (``kind`` must be one of them)."""
+        if self.kind == "dyconv":
+            return DynamicConv2d(
+                in_ch, out_ch, kernel_size, stride=stride, groups=groups, temperature=self.temperature, mode=self.mode
+            )
+        return CondConv2d(in_ch, out_ch, kernel_size, stride=stride, groups=groups, mode=self.mode)
+
+    def depthwise_dcd(self, channels: int, kernel_size: int, stride: int) -> nn.Module:
+        return DepthwiseDCD(channels, kernel_size, stride=stride, use_lambda=self.variant != "residual", mode=self.mode)
+
+    def joint_dcd(self, in_ch: int, out_ch: int, kernel_size: int, stride: int) -> nn.Module:
+        return JointFusionDCD(
+            in_ch, out_ch, kernel_size, stride=stride, use_lambda=self.variant != "residual", mode=self.mode
+        )
+
+    def dcd_classifier(self, in_features: int, num_classes: int) -> nn.Module:
+        return DCDClassifier(
+            in_features, num_classes, variant=self.variant, stabilised=self.stabilised,
+            fusion_bn_init=self.fusion_bn_init, mode=self.mode,
+        )  # fmt: skip
+
+
+def static_conv(in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
+
+
+class ConvBNAct(nn.Sequential):
+    """conv → BN → activation (children named ``conv``, ``bn``, ``act``; the BN can be folded for inference)."""
+
+    def __init__(self, conv: nn.Module, out_ch: int, act: type[nn.Module] | None = nn.ReLU6) -> None:
+        layers: OrderedDict[str, nn.Module] = OrderedDict(conv=conv, bn=nn.BatchNorm2d(out_ch))
+        if act is not None:
+            layers["act"] = act(inplace=True)
+        super().__init__(layers)
+
+
+DYNAMIC_TYPES = (DynamicConvDecomposition, DepthwiseDCD, JointFusionDCD, CondConv2d, DynamicConv2d)
+
+
+def dynamic_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """All dynamic layers (DCD, depthwise/joint DCD, DY-Conv, CondConv) of ``model`` with their names."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, DYNAMIC_TYPES)]
+
+
+def _fan_out_normal(w: Tensor, kernel_size: int) -> None:
+    nn.init.normal_(w, 0.0, math.sqrt(2.0 / (kernel_size * kernel_size * w.shape[-4])))
+
+
+def conv_weight_init(model: nn.Module, *, linear_std: float | None = 0.01) -> None:
+    """Paper init: convs N(0, √(2/(k²·C_out))) (for every conv-like weight of dynamic layers too, per expert), BN 1/0,
+    Linear N(0, linear_std) with zero bias (``linear_std=None`` keeps PyTorch's Linear default, as for ResNet)."""
+    for m in model.modules():
+        if isinstance(m, DCDClassifier):
+            if linear_std is not None:
+                for w in m.conv_weights():
+                    nn.init.normal_(w, 0.0, linear_std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Conv2d):
+            _fan_out_normal(m.weight, m.kernel_size[0])
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, DYNAMIC_TYPES):
+            for w in m.conv_weights():
+                if w.dim() == 5:
+                    for e in w:
+                        _fan_out_normal(e, e.shape[-1])
+                else:
+                    _fan_out_normal(w, w.shape[-1])
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and linear_std is not None:
+            nn.init.normal_(m.weight, 0.0, linear_std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    for m in model.modules():  # the BN loop above reset every γ to 1; restore DCD's fusion-BN choice
+        if isinstance(m, DynamicConvDecomposition) and m.stabilised and m.use_residual:
+            nn.init.constant_(m.bn_phi.weight, m.fusion_bn_init)
+
+
+def pop_timm_kwargs(kwargs: dict[str, Any]) -> bool:
+    """Drop the keys timm.create_model passes to every entrypoint; returns ``pretrained`` (must be False: no weights
+    are published here)."""
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(key, None)
+    pretrained = bool(kwargs.pop("pretrained", False))
+    if pretrained:
+        raise ValueError("pretrained=True: no pretrained DCD weights are available (train with `dcd train`)")
+    return pretrained

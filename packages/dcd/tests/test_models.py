@@ -1,0 +1,136 @@
+"""Models: exact parameter counts of the released implementation, MAdds vs Table 3.4, timm registry, convert."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+import dcd
+from dcd.analysis import madds_conventions
+from dcd.inference import fold_batchnorm, inference_form, set_apply_mode
+from dcd.models import DynamicConfig, mobilenetv2, resnet
+from dyncore.complexity import count_parameters
+from dyncore.surgery import SurgeryError, by_name
+
+RELEASED_PARAMS = {
+    "dcd_mobilenetv2_100": 5_720_028,
+    "dcd_mobilenetv2_050": 3_056_616,
+    "dcd_mobilenetv2_035": 2_267_932,
+    "dcd_resnet18": 14_703_332,
+    "dcd_resnet50": 29_835_056,
+    "dcd_resnet10": 6_688_844,
+}
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize("name", sorted(RELEASED_PARAMS))
+def test_parameters_equal_released_implementation(name: str) -> None:
+    assert count_parameters(timm.create_model(name)) == RELEASED_PARAMS[name]
+
+
+def test_static_models_equal_torchvision() -> None:
+    assert count_parameters(timm.create_model("dcd_mobilenetv2_100_static")) == count_parameters(
+        torchvision.models.mobilenet_v2()
+    )
+    assert count_parameters(timm.create_model("dcd_resnet18_static")) == count_parameters(torchvision.models.resnet18())
+
+
+# (per-pixel as released, spec), (each layer in its cheaper form ≈ the paper's Table 3.4 MAdds)
+MADDS = {
+    "dcd_mobilenetv2_100": (398.4e6, 326.0e6),
+    "dcd_mobilenetv2_050": (132.2e6, 104.8e6),
+    "dcd_mobilenetv2_035": (79.6e6, 63.1e6),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MADDS))
+def test_madds_against_spec_and_paper(name: str) -> None:
+    counts = madds_conventions(timm.create_model(name), torch.randn(1, 3, 224, 224))
+    per_pixel, paper = MADDS[name]
+    assert counts["per_pixel"] == pytest.approx(per_pixel, rel=2e-3)
+    assert counts["cheapest"] == pytest.approx(paper, rel=1e-2)
+    assert counts["cheapest"] <= min(counts["per_pixel"], counts["per_sample"])
+
+
+def test_convert_torchvision_resnet18_matches_released_count() -> None:
+    model = torchvision.models.resnet18()
+    report = dcd.convert(model, where=by_name(r"^layer\d\.\d\.conv\d$"), rule="resnet", classifier=by_name("^fc$"))
+    assert len(report.changes) == 17
+    assert count_parameters(model) == RELEASED_PARAMS["dcd_resnet18"]
+    assert isinstance(model.layer1[0].downsample, type(None)) and isinstance(model.fc, dcd.DCDClassifier)
+    model.eval()
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+
+
+@pytest.mark.quick
+def test_convert_keeps_weights_and_reports_errors() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 1), nn.Conv2d(16, 16, 3, padding=1, groups=4))
+    w = model[1].weight.detach().clone()
+    report = dcd.convert(model, where=by_name("^1$"))
+    assert [c.name for c in report.changes] == ["1"]
+    assert torch.equal(model[1].weight, w)
+    with pytest.raises(SurgeryError, match="matched no module"):
+        dcd.convert(model, where=by_name("^nothing$"))
+    with pytest.raises(ValueError, match=r"cannot convert '2'.*grouped conv"):
+        dcd.convert(model, where=by_name("^2$"))
+    with pytest.raises(ValueError, match="unknown rule"):
+        dcd.convert(model, rule="bogus")
+
+
+def test_small_mobilenet_trains_and_is_deterministic() -> None:
+    def run() -> list[float]:
+        torch.manual_seed(0)
+        model = mobilenetv2(width_mult=0.35, num_classes=4, small_input=True, dropout=0.0)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        x, y = torch.randn(8, 3, 16, 16), torch.arange(8) % 4
+        losses = []
+        for _ in range(5):
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return losses
+
+    a, b = run(), run()
+    assert a == b
+    assert a[-1] < a[0]
+
+
+@pytest.mark.parametrize("kind", ["dyconv", "condconv"])
+def test_vanilla_models_forward_and_count(kind: str) -> None:
+    model = mobilenetv2(width_mult=0.35, num_classes=10, small_input=True, kind=kind).eval()
+    static = mobilenetv2(width_mult=0.35, num_classes=10, small_input=True, kind="static")
+    assert count_parameters(model) > 3 * count_parameters(static)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_inference_form_matches_eval_model() -> None:
+    torch.manual_seed(0)
+    model = resnet(depth=10, num_classes=5, small_input=True, width=16)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, 3, 16, 16))
+    model.eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        ref = model(x)
+        fast, modes = inference_form(model, x, repeats=1)
+        assert len(modes) == 9 and set(modes.values()) <= {"featurewise", "synthesis"}
+        torch.testing.assert_close(fast(x), ref, atol=1e-4, rtol=1e-4)
+        assert set_apply_mode(fast, "synthesis") == 9
+        torch.testing.assert_close(fast(x), ref, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match=r"call model\.eval"):
+        fold_batchnorm(model.train())
+
+
+def test_config_errors() -> None:
+    with pytest.raises(ValueError, match=r"DynamicConfig\.kind must be one of"):
+        DynamicConfig(kind="dynamic")
+    with pytest.raises(ValueError, match="depth must be one of"):
+        resnet(depth=11)
+    with pytest.raises(ValueError, match="pretrained=True: no pretrained DCD weights"):
+        timm.create_model("dcd_resnet10", pretrained=True)
