@@ -79,6 +79,13 @@ def test_coefficient_branch_heads_and_maps():
     assert torch.allclose(single_fc(x.mean((2, 3))), single_fc(x))
 
 
+@pytest.mark.parametrize("size", [(7, 7), (8, 8), (5, 9), (1, 1)])
+def test_two_by_two_pooling_matches_adaptive_pool(size):
+    x = torch.randn(2, 3, *size)
+    branch = CoefficientBranch(3, 2, pool=2)
+    assert torch.allclose(branch.pooled(x), F.adaptive_avg_pool2d(x, 2).flatten(1), atol=1e-6)
+
+
 def test_coefficient_branch_bad_input():
     with pytest.raises(ValueError, match="unknown output map 'tanh'"):
         CoefficientBranch(8, 3, output="tanh")

@@ -41,6 +41,16 @@ def apply_output_map(t: Tensor, name: str, temperature: float = 1.0) -> Tensor:
     raise ValueError(f"unknown output map {name!r}; choose one of {OUTPUT_MAPS}")
 
 
+def _avg_pool_2x2(x: Tensor) -> Tensor:
+    """Adaptive average pooling to 2×2 written as four region means (same regions as ``adaptive_avg_pool2d``:
+    rows [⌊iH/2⌋, ⌈(i+1)H/2⌉)), so it exports to ONNX for any map size, odd ones (7×7) included. (B, C, 2, 2)."""
+    h, w = x.shape[-2:]
+    rows = [(0, (h + 1) // 2), (h // 2, h)]
+    cols = [(0, (w + 1) // 2), (w // 2, w)]
+    cells = [x[:, :, r0:r1, c0:c1].mean(dim=(2, 3)) for r0, r1 in rows for c0, c1 in cols]
+    return torch.stack(cells, dim=2).reshape(x.shape[0], x.shape[1], 2, 2)
+
+
 class CoefficientBranch(nn.Module):
     """Pool → FC → non-linearity or gate → FC per head → output map.
 
@@ -122,7 +132,7 @@ class CoefficientBranch(nn.Module):
             return x
         if self.pool == 1:
             return x.mean(dim=(2, 3))
-        return F.adaptive_avg_pool2d(x, 2).flatten(1)
+        return _avg_pool_2x2(x).flatten(1)
 
     def hidden_features(self, x: Tensor) -> Tensor:
         u = self.pooled(x)
