@@ -11,6 +11,7 @@ loss is finite under mixed precision.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -30,10 +31,8 @@ def _timm(name: str, **kw: object) -> Callable[[], nn.Module]:
         import timm
 
         for package in ("dcd", "micronet"):
-            try:
+            with contextlib.suppress(ImportError):
                 __import__(package)
-            except ImportError:
-                pass
         return timm.create_model(name, pretrained=False, **kw)
 
     return build
