@@ -1,0 +1,76 @@
+"""Inference form (BN folded, permutations composed, DSM fused) and ONNX export."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dyncore.nn import channel_shuffle
+from micronet.config import M0, M3
+from micronet.deploy import FusedShiftMax, Permute, export_onnx, onnx_max_abs_diff, to_inference
+from micronet.layers import ChannelShuffle, DynamicShiftMax
+from micronet.model import MicroNet
+
+
+def _randomise(model: nn.Module) -> nn.Module:
+    """Non-trivial BN statistics and DSM coefficients so that the equivalence test means something."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            m.running_mean.uniform_(-0.2, 0.2, generator=g)
+            m.running_var.uniform_(0.5, 1.5, generator=g)
+            m.weight.data.uniform_(0.5, 1.5, generator=g)
+            m.bias.data.uniform_(-0.2, 0.2, generator=g)
+        elif isinstance(m, nn.Linear):
+            m.weight.data.normal_(0, 0.2, generator=g)
+            m.bias.data.normal_(0, 0.2, generator=g)
+    return model.eval()
+
+
+@pytest.mark.quick
+def test_fused_shift_max_with_permutation() -> None:
+    torch.manual_seed(0)
+    dsm = _randomise(DynamicShiftMax(32, groups=8, squeeze=8, init=((1.0, 0.0), (0.5, 0.5))))
+    x = torch.randn(2, 32, 5, 5)
+    perm = ChannelShuffle(16)
+    fused = FusedShiftMax(dsm, torch.arange(32).view(16, 2).t().reshape(-1))
+    torch.testing.assert_close(fused(x), perm(dsm(x)))
+    torch.testing.assert_close(FusedShiftMax(dsm, None)(x), dsm(x))
+
+
+@pytest.mark.parametrize("config", [M0, M3], ids=["m0", "m3"])
+def test_inference_form_matches_training_form(config) -> None:  # type: ignore[no-untyped-def]
+    model = _randomise(MicroNet(config, num_classes=20))
+    fast = to_inference(model)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
+    # folded: no BatchNorm left; every DSM fused; shuffles composed (at most one Permute per block run)
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)) for m in fast.modules())
+    n_dsm = sum(isinstance(m, DynamicShiftMax) for m in model.modules())
+    assert sum(isinstance(m, FusedShiftMax) for m in fast.modules()) == n_dsm
+    n_shuffles = sum(isinstance(m, ChannelShuffle) for m in model.modules())
+    assert sum(isinstance(m, Permute) for m in fast.modules()) < n_shuffles
+
+
+def test_channel_shuffle_index_composition() -> None:
+    from micronet.deploy import shuffle_index
+
+    x = torch.randn(1, 24, 2, 2)
+    idx = shuffle_index(24, 4)[shuffle_index(24, 12)]
+    torch.testing.assert_close(x[:, idx], channel_shuffle(channel_shuffle(x, 4), 12))
+
+
+def test_onnx_export_matches(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("onnxruntime")
+    model = _randomise(MicroNet(M0, num_classes=10))
+    fast = to_inference(model)
+    path = export_onnx(fast, tmp_path / "m0.onnx", image_size=64)
+    diff = onnx_max_abs_diff(model, path, torch.randn(3, 3, 64, 64))  # dynamic batch, vs the training form
+    assert diff < 1e-4
+
+
+def test_to_inference_rejects_other_models() -> None:
+    with pytest.raises(TypeError, match="expected a MicroNet"):
+        to_inference(nn.Conv2d(3, 3, 1))  # type: ignore[arg-type]
