@@ -110,6 +110,15 @@ def test_cli_train_seg_pseudo_label_and_eval_round_trip(tmp_path, capsys, monkey
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
+    assert (
+        _run(["eval", "--encoder", "no_such_encoder", "--weights", str(tmp_path / "w.pt"), "--out", str(tmp_path)]) == 2
+    )
+    assert "no_such_encoder" in capsys.readouterr().err
+    assert (
+        _run(["eval", "--register", "no_such_module:f", "--weights", str(tmp_path / "w.pt"), "--out", str(tmp_path)])
+        == 2
+    )
+    assert "--register 'no_such_module:f'" in capsys.readouterr().err
     assert _run(["eval", "--out", str(tmp_path)]) == 2
     assert "--weights" in capsys.readouterr().err
     assert _run(["run", "--source", "gta5", "--out", str(tmp_path)]) == 2

@@ -16,6 +16,7 @@ embedded procedural benchmark (synthetic → real street scenes, generated and c
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -58,6 +59,14 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("segmentation model M")
     g.add_argument("--model", default="deeplabv2", help="deeplabv2 | fcn8s | deeplabv3 | deeplabv3plus | unet")
     g.add_argument("--encoder", default="resnet101", help="any segmentation-models-pytorch encoder name")
+    g.add_argument(
+        "--register",
+        action="append",
+        default=[],
+        metavar="MODULE:FUNCTION",
+        help="call a function that registers more smp encoders before M is built, e.g. "
+        "micronet.segmentation:register_smp_encoders (then --encoder micronet_m0); repeatable",
+    )
     g.add_argument("--weights", type=Path, default=None, help="state dict to load (ImageNet backbone or full model)")
     g.add_argument("--num-classes", type=int, default=19, help="classes predicted by M")
 
@@ -127,10 +136,27 @@ def load_data(args: argparse.Namespace, *, need_source: bool = True) -> tuple[An
     return src, tgt, val
 
 
+def _register_encoders(specs: list[str]) -> None:
+    """Run each ``MODULE:FUNCTION`` of ``--register`` (encoders of other packages, by import path: no dependency)."""
+    for spec in specs:
+        module_name, _, function = spec.partition(":")
+        try:
+            register = getattr(importlib.import_module(module_name), function or "register_smp_encoders")
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"--register {spec!r}: cannot load it ({exc})") from exc
+        register()
+
+
 def _build(args: argparse.Namespace) -> torch.nn.Module:
     from bdl.models import build_segmenter
 
-    return build_segmenter(args.model, num_classes=args.num_classes, encoder=args.encoder, weights_path=args.weights)
+    _register_encoders(getattr(args, "register", []))
+    try:
+        return build_segmenter(
+            args.model, num_classes=args.num_classes, encoder=args.encoder, weights_path=args.weights
+        )
+    except KeyError as exc:  # smp's unknown encoder / weights: surface as a usage error naming the flag
+        raise ValueError(f"--encoder {args.encoder!r}: {exc.args[0] if exc.args else exc}") from exc
 
 
 def _errors() -> tuple[type[Exception], ...]:
