@@ -36,7 +36,13 @@ def test_train_then_eval_roundtrip(tmp_path: Path, capsys: pytest.CaptureFixture
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     final = {r["task"]: r["accuracy"] for r in logged if r["stage"] == "independent"}
     assert set(final) == {"shapes", "faces"} and "task-specific parameters" in text
-    assert _run(["eval", "--checkpoint", str(out / "checkpoints" / "model.pt"), "--test-limit", "32"]) == 0
+    ev = tmp_path / "eval"
+    assert (
+        _run(["eval", "--checkpoint", str(out / "checkpoints" / "model.pt"), "--test-limit", "32", "--out", str(ev)])
+        == 0
+    )
+    scores = json.loads((ev / "eval.json").read_text())["tasks"]
+    assert all(0.0 <= v["accuracy"] <= 100.0 and v["percent_params"] > 0 for v in scores.values())
     table = capsys.readouterr().out
     for task, acc in final.items():  # the rebuilt model reproduces the trained one
         assert f"| {task} | {acc:.2f} |" in table

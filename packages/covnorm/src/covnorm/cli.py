@@ -192,12 +192,18 @@ def _eval(args: argparse.Namespace) -> int:
     load_state_dict_strict(model, state)
     limit = args.test_limit or 1000
     rows = ["| task | accuracy % | % params |", "|---|---|---|"]
+    scores: dict[str, dict[str, float]] = {}
     for name in ck["tasks"]:
         te = multidomain_task(name, "test", seed=args.seed)
         data = TensorBatches(normalise(te.images[:limit]), te.labels[:limit].long(), batch_size=256, shuffle=False)
         acc = evaluate(model.set_domain(name), data)
-        rows.append(f"| {name} | {acc:.2f} | {task_parameters(model, name).adapter_percent:.3f} |")
+        percent = task_parameters(model, name).adapter_percent
+        scores[name] = {"accuracy": acc, "percent_params": percent}
+        rows.append(f"| {name} | {acc:.2f} | {percent:.3f} |")
     print("\n".join(rows))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps({"checkpoint": str(args.checkpoint), "tasks": scores}, indent=2))
     return 0
 
 
