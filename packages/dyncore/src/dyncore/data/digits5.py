@@ -237,8 +237,22 @@ def digits5_arrays(
     ``limit`` caps images per split (small sets for tests); a limited set is a prefix of the full one.
     """
     check_choice("Digits-5 domain", domain, DIGITS5_DOMAINS)
-    n_train, n_test = split_sizes(DIGITS5_SIZES[domain], limit)
-    gen = _GENERATORS[domain]
+    return cached_splits(
+        f"digits5_{domain}", _GENERATORS[domain], DIGITS5_SIZES[domain], seed=seed, root=root, limit=limit
+    )
+
+
+def cached_splits(
+    name: str,
+    gen: Callable[[int, str, int], tuple[np.ndarray, np.ndarray]],
+    sizes: tuple[int, int],
+    *,
+    seed: int,
+    root: str | os.PathLike[str] | None,
+    limit: int | None,
+) -> tuple[Arrays, str]:
+    """Generate (or load from the cache) the train and test splits ``gen(seed, split, n)`` of one embedded set."""
+    n_train, n_test = split_sizes(sizes, limit)
 
     def build() -> Arrays:
         arrays: Arrays = {}
@@ -247,7 +261,7 @@ def digits5_arrays(
         return arrays
 
     params: dict[str, Any] = {"seed": seed, "n_train": n_train, "n_test": n_test}
-    return load_or_build(f"digits5_{domain}", params, build, root=root)
+    return load_or_build(name, params, build, root=root)
 
 
 def digits5(

@@ -35,8 +35,7 @@ from torch import Tensor
 
 from . import render as R
 from .base import EmbeddedDataset, make_rng
-from .cache import load_or_build
-from .digits5 import DIGIT_CLASSES, SPLITS, _gen_mnist, _grey_to_chw, _hwc_to_chw, check_choice, split_sizes
+from .digits5 import DIGIT_CLASSES, SPLITS, _gen_mnist, _grey_to_chw, _hwc_to_chw, cached_splits, check_choice
 from .sources import lfw_faces, sklearn_digits
 
 __all__ = [
@@ -293,17 +292,9 @@ def multidomain_task(
     """
     check_choice("multi-domain task", name, (*MULTIDOMAIN_TASKS, SOURCE_TASK))
     check_choice("split", split, SPLITS)
-    n_train, n_test = split_sizes(MULTIDOMAIN_SIZES[name], limit)
-    gen = _GENERATORS[name]
-
-    def build() -> Arrays:
-        arrays: Arrays = {}
-        for sp, n in (("train", n_train), ("test", n_test)):
-            arrays[f"{sp}_images"], arrays[f"{sp}_labels"] = gen(seed, sp, n)
-        return arrays
-
-    params: dict[str, Any] = {"seed": seed, "n_train": n_train, "n_test": n_test}
-    arrays, _ = load_or_build(f"multidomain_{name}", params, build, root=root)
+    arrays, _ = cached_splits(
+        f"multidomain_{name}", _GENERATORS[name], MULTIDOMAIN_SIZES[name], seed=seed, root=root, limit=limit
+    )
     return EmbeddedDataset(
         arrays[f"{split}_images"],
         arrays[f"{split}_labels"],
