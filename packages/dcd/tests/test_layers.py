@@ -132,6 +132,94 @@ def test_fold_bn_keeps_output() -> None:
             torch.testing.assert_close(layer(x), ref, atol=1e-5, rtol=1e-5)
 
 
+def _randomise_bns(layer: nn.Module) -> None:
+    with torch.no_grad():
+        for m in layer.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-1, 1)
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize("variant", ["full", "lambda", "residual"])
+@pytest.mark.parametrize("stabilised", [True, False])
+@pytest.mark.parametrize("kernel, stride, pool, bias", [(1, 1, 2, False), (3, 2, 1, True), (1, 2, 1, True)])
+@pytest.mark.parametrize("mode", ["auto", "featurewise", "synthesis"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_inference_plan_equals_autograd_path(
+    variant: str, stabilised: bool, kernel: int, stride: int, pool: int, bias: bool, mode: str, batch: int
+) -> None:
+    """The eval/no-grad path (folded InferencePlan) computes what the autograd path computes, also after a BN fold."""
+    torch.manual_seed(0)
+    layer = DynamicConvDecomposition(
+        8, 12, kernel, stride=stride, pool=pool, bias=bias, variant=variant, stabilised=stabilised, mode=mode
+    )
+    _randomise_branch(layer)
+    _randomise_bns(layer)
+    layer.eval()
+    x = torch.randn(batch, 8, 9, 9)
+    reference = layer(x)  # grad enabled: the general path
+    assert reference.requires_grad
+    with torch.no_grad():
+        fast = layer(x)
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
+    bn = nn.BatchNorm2d(12).eval()
+    _randomise_bns(bn)
+    with torch.no_grad():
+        expected = bn(reference)
+        layer.fold_bn(bn)
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_inference_plan_is_rebuilt_when_parameters_change() -> None:
+    torch.manual_seed(1)
+    layer = DynamicConvDecomposition(8, 12, 1, latent=4).eval()
+    _randomise_branch(layer)
+    x = torch.randn(1, 8, 6, 6)
+    with torch.no_grad():
+        before = layer(x)
+        plan = layer.inference_plan()
+        assert layer.inference_plan() is plan  # cached while nothing changes
+        layer.weight.mul_(2.0)  # in place (an optimizer step does the same)
+        changed = layer(x)
+    assert layer.inference_plan() is not plan
+    torch.testing.assert_close(changed, layer(x).detach(), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(changed, before)
+    other = DynamicConvDecomposition(8, 12, 1, latent=4)
+    layer.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), other.eval()(x), atol=1e-6, rtol=1e-6)
+    layer.bn_q = nn.BatchNorm2d(4).eval()  # a replaced sub-module drops the plan
+    assert layer._plan is None
+
+
+def test_auto_mode_picks_the_cheaper_form() -> None:
+    layer = DynamicConvDecomposition(16, 96, 1).eval()  # L = 4: synthesis costs O·L·(L + I) + O·I ≈ 9.2k
+    assert layer.apply_mode(1, (28, 28)) == "synthesis"  # feature-wise: 784·(64 + 16 + 384 + 96) ≈ 439k
+    assert layer.apply_mode(1, (1, 1)) == "featurewise"  # feature-wise: 560 per sample
+    assert layer.apply_mode(4, (28, 28)) == "featurewise"  # batches avoid the per-sample grouped conv
+    fixed = DynamicConvDecomposition(16, 96, 1, mode="synthesis")
+    assert fixed.apply_mode(4, (1, 1)) == "synthesis"
+    with pytest.raises(ValueError, match="unknown application mode"):
+        DynamicConvDecomposition(16, 96, 1, mode="fast")
+
+
+def test_traced_inference_form_matches_eager() -> None:
+    torch.manual_seed(2)
+    model = nn.Sequential(DynamicConvDecomposition(8, 16, 1, pool=2), nn.ReLU(), DynamicConvDecomposition(16, 8, 3))
+    for m in model:
+        _randomise_branch(m)
+    model.eval()
+    x = torch.randn(1, 8, 10, 10)
+    with torch.no_grad():
+        expected = model(x)
+        traced = torch.jit.trace(model, (x,), check_trace=False)
+        torch.testing.assert_close(traced(x), expected, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.quick
 def test_classifier_matches_released_formula() -> None:
     torch.manual_seed(5)

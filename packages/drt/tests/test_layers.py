@@ -8,6 +8,7 @@ from drt.layers import (
     DynamicResidualConfig,
     DynamicResidualConv2d,
     dynamic_residual_layers,
+    residual_madds_breakdown,
     set_apply_mode,
     tune_apply_mode,
 )
@@ -102,6 +103,21 @@ def test_madds_protocol_counts_synthesis_and_featurewise() -> None:
     per_pixel = count_madds(layer, x, ctx, convention=MAddsConvention(dynamic="per_pixel")).total
     assert per_sample == static + branch + 4 * 64 * 64
     assert per_pixel == static + branch + 4 * 64 * 64 * 14 * 14 + 4 * 64 * 14 * 14
+    parts = layer.madds_breakdown((x, ctx), layer(x, ctx), MAddsConvention(elementwise=True))
+    assert parts == {
+        "static_conv": static,
+        "coefficient_fcs": branch,
+        "kernel_synthesis": 4 * 64 * 64,
+        "pooling": 256 * 14 * 14,  # global average pooling of the context
+    }
+    model = nn.Sequential(DynamicResidualConv2d(3, 8, 3, padding=1), DynamicResidualConv2d(8, 8, 3, padding=1))
+    summed = residual_madds_breakdown(model, torch.randn(1, 3, 10, 10))
+    assert summed == {"static_conv": (3 + 8) * 8 * 9 * 100, "coefficient_fcs": 3 * 4 + 4 * 4 + 8 * 4 + 4 * 4,
+                      "kernel_synthesis": 4 * 8 * 3 + 4 * 8 * 8}  # fmt: skip
+    assert (
+        summed["static_conv"] + summed["coefficient_fcs"] + summed["kernel_synthesis"]
+        == count_madds(model, torch.randn(1, 3, 10, 10)).total
+    )
 
 
 def test_apply_mode_rule_and_explicit_choice() -> None:

@@ -26,10 +26,10 @@ from dyncore.data import EmbeddedDataset, MultiSourceDataset
 TINY = DigitCNNConfig(conv_channels=(4, 4, 8), fc_features=(16, 16), dropout=0.0, image_size=16)
 
 
-def _model(dynamic: bool = True, seed: int = 0) -> DomainAdaptationNet:
+def _model(dynamic: bool = True, seed: int = 0, num_sources: int | None = None) -> DomainAdaptationNet:
     torch.manual_seed(seed)
     cfg = DynamicResidualConfig() if dynamic else None
-    return DomainAdaptationNet(DigitFiveCNN(TINY, dynamic=cfg), 3)
+    return DomainAdaptationNet(DigitFiveCNN(TINY, dynamic=cfg), 3, num_sources=num_sources)
 
 
 def _task(domains, *, with_domain: bool = False):
@@ -40,7 +40,8 @@ def _task(domains, *, with_domain: bool = False):
 def _run(domains, method: str, *, steps: int = 6, dynamic: bool = True, **kw):
     sources, target = _task(domains, with_domain=method == "m3sda")
     cfg = TrainConfig(method=method, steps=steps, batch_size=8, lr=0.05, eval_every=3, **kw)
-    return train(_model(dynamic), sources, target, source_val=domains["d0"], target_test=target, config=cfg)
+    model = _model(dynamic, num_sources=2 if method == "m3sda" else None)  # M³SDA-β: a head pair per source
+    return train(model, sources, target, source_val=domains["d0"], target_test=target, config=cfg)
 
 
 @pytest.mark.quick

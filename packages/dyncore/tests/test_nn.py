@@ -79,6 +79,15 @@ def test_coefficient_branch_heads_and_maps():
     assert torch.allclose(single_fc(x.mean((2, 3))), single_fc(x))
 
 
+@pytest.mark.parametrize("h", [1, 2, 3, 7, 14])
+@pytest.mark.parametrize("w", [1, 4, 5, 9])
+def test_pool_2x2_equals_adaptive_pooling(h, w):
+    x = torch.randn(2, 3, h, w)
+    branch = CoefficientBranch(3, 2, hidden=None, pool=2)
+    expected = F.adaptive_avg_pool2d(x, 2).flatten(1)
+    assert torch.allclose(branch.pooled(x), expected, atol=1e-6)
+
+
 @pytest.mark.parametrize("size", [(7, 7), (8, 8), (5, 9), (1, 1)])
 def test_two_by_two_pooling_matches_adaptive_pool(size):
     x = torch.randn(2, 3, *size)

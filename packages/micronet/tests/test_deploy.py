@@ -8,8 +8,16 @@ from torch import nn
 
 from dyncore.nn import channel_shuffle
 from micronet.config import M0, M3
-from micronet.deploy import FusedShiftMax, Permute, export_onnx, onnx_max_abs_diff, to_inference
-from micronet.layers import ChannelShuffle, DynamicShiftMax
+from micronet.deploy import (
+    ComposedFactorizedConv,
+    FusedShiftMax,
+    Permute,
+    export_onnx,
+    fold_bn,
+    onnx_max_abs_diff,
+    to_inference,
+)
+from micronet.layers import ChannelShuffle, DynamicShiftMax, MicroFactorizedDepthwise
 from micronet.model import MicroNet
 
 
@@ -39,10 +47,33 @@ def test_fused_shift_max_with_permutation() -> None:
     torch.testing.assert_close(FusedShiftMax(dsm, None)(x), dsm(x))
 
 
+@pytest.mark.quick
+@pytest.mark.parametrize(
+    "kernel, stride, multipliers", [(3, 2, (2, 2)), (5, 1, (1, 1)), (5, 2, (1, 2)), (3, 1, (2, 1))]
+)
+def test_composed_factorized_depthwise_is_exact(kernel: int, stride: int, multipliers: tuple[int, int]) -> None:
+    """k×1 (+BN) then 1×k depthwise (+BN) == one k×k conv + per-column bias map, borders included (odd widths)."""
+    block = _randomise(MicroFactorizedDepthwise(6, kernel, stride=stride, multipliers=multipliers))
+    first, second = (fold_bn(cb[0], cb[1]) for cb in block)
+    composed = ComposedFactorizedConv(first, second)
+    assert composed.weight.shape == (6 * multipliers[0] * multipliers[1], 1, kernel, kernel)
+    for h, w in [(9, 11), (8, 8), (5, 3)]:
+        x = torch.randn(2, 6, h, w)
+        with torch.no_grad():
+            torch.testing.assert_close(composed(x), block(x), rtol=1e-5, atol=1e-5)
+    bias = composed.bias_map(11)[0, :, 0]  # the border columns differ from the interior (b1 is not padded)
+    assert not torch.allclose(bias[:, 0], bias[:, 5])
+    with pytest.raises(ValueError, match="followed by a"):
+        ComposedFactorizedConv(second, first)
+
+
 @pytest.mark.parametrize("config", [M0, M3], ids=["m0", "m3"])
-def test_inference_form_matches_training_form(config) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("compose", [True, False], ids=["composed", "two_convs"])
+def test_inference_form_matches_training_form(config, compose: bool) -> None:  # type: ignore[no-untyped-def]
     model = _randomise(MicroNet(config, num_classes=20))
-    fast = to_inference(model)
+    fast = to_inference(model, compose_depthwise=compose)
+    n_pairs = sum(isinstance(m, MicroFactorizedDepthwise) for m in model.modules()) + 1  # + the stem's 3×1, 1×3
+    assert sum(isinstance(m, ComposedFactorizedConv) for m in fast.modules()) == (n_pairs if compose else 0)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)

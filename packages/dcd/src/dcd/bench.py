@@ -1,7 +1,9 @@
 """``dcd bench``: the Performance section of issue 4, measured side by side (interleaved) on this machine.
 
 1. Batch-1, single-thread, 224×224 latency of MobileNetV2 ×0.5 DCD ÷ static MobileNetV2 ×0.5:
-   * eager PyTorch, both models as trained (BN modules, DCD in the released feature-wise form);
+   * eager PyTorch, both models as trained (BN modules); DCD layers in their default "auto" form (eval: the folded
+     :class:`dcd.layers.InferencePlan`, kernel synthesis where it costs fewer MAdds) and, for reference, all in the
+     released feature-wise form;
    * inference form, both run the same way: BNs folded, each DCD layer in the form measured fastest
      (:func:`dcd.inference.inference_form` via :func:`dyncore.nn.fastest_mode`), eager and exported to ONNX Runtime
      (1 intra-op thread).
@@ -19,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcd.inference import fold_batchnorm, inference_form
+from dcd.inference import fold_batchnorm, inference_form, set_apply_mode
 from dcd.models import DynamicConfig, mobilenetv2
-from dcd.runtime import tune_malloc
-from dyncore.bench import compare_latency, compare_train_throughput
+from dyncore.bench import compare_latency, compare_train_throughput, tune_malloc
 from dyncore.cli import RunDir
+from dyncore.complexity import MAddsConvention, count_madds
 from dyncore.report import write_bench
 
 __all__ = ["run_bench"]
@@ -53,7 +55,14 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     static = mobilenetv2(width_mult=width, kind="static").eval()
     dcd = mobilenetv2(width_mult=width, kind="dcd").eval()
     rounds, repeats = (2, 3) if quick else (5, 10)
-    eager = compare_latency({"static": (static, (x,)), "dcd": (dcd, (x,))}, threads=1, rounds=rounds, repeats=repeats)
+    dcd_fw = copy.deepcopy(dcd)
+    set_apply_mode(dcd_fw, "featurewise")
+    eager = compare_latency({"static": (static, (x,)), "dcd": (dcd, (x,)), "dcd_featurewise": (dcd_fw, (x,))},
+                            threads=1, rounds=rounds, repeats=repeats)  # fmt: skip
+    # The MAdds floor: static, released feature-wise (per pixel), and each layer in its cheaper form.
+    per_sample = count_madds(dcd, x, convention=MAddsConvention(dynamic="per_sample")).by_module
+    per_pixel = count_madds(dcd, x, convention=MAddsConvention(dynamic="per_pixel")).by_module
+    static_madds = count_madds(static, x).total
     # Inference form: the same folding for both; DCD layers pick their measured-fastest application form.
     torch.set_num_threads(1)
     static_f = copy.deepcopy(static)
@@ -64,15 +73,20 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     details: dict[str, Any] = {"malloc_tuned": malloc_tuned, "eager_ms": eager, "inference_eager_ms": inf,
                                "input": [1, 3, size, size],
                                "threads_latency": 1, "modes": {m: list(modes.values()).count(m) for m in
-                                                                ("featurewise", "synthesis")}}  # fmt: skip
+                                                                ("featurewise", "synthesis")},
+                               "madds": {"static": static_madds, "dcd_featurewise": sum(per_pixel.values()),
+                                         "dcd_cheaper_form_per_layer": sum(map(min, per_pixel.values(),
+                                                                               per_sample.values()))}}  # fmt: skip
     ratios = {"latency_eager_dcd_over_static": eager["dcd"] / eager["static"],
+              "latency_eager_dcd_featurewise_over_static": eager["dcd_featurewise"] / eager["static"],
+              "madds_dcd_cheaper_form_over_static": details["madds"]["dcd_cheaper_form_per_layer"] / static_madds,
               "latency_inference_eager_dcd_over_static": inf["dcd"] / inf["static"]}  # fmt: skip
     # Compiled: TorchScript trace → freeze → optimize_for_inference, for both folded models.
     with torch.no_grad():
-        ts_static, ts_dcd = (torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(m, (x,))))
-                             for m in (static_f, dcd_f))  # fmt: skip
-    # (frozen script modules have no .training, so they are timed through plain callables)
-    ts = compare_latency({"static": (lambda t: ts_static(t), (x,)), "dcd": (lambda t: ts_dcd(t), (x,))}, threads=1,
+        # (the DCD layers' inference plans are built by now, so the trace records only the per-input work)
+        ts_static, ts_dcd = (torch.jit.optimize_for_inference(torch.jit.freeze(
+            torch.jit.trace(m, (x,), check_trace=False))) for m in (static_f, dcd_f))  # fmt: skip
+    ts = compare_latency({"static": (ts_static, (x,)), "dcd": (ts_dcd, (x,))}, threads=1,
                          rounds=rounds,
                          repeats=repeats)  # fmt: skip
     details["torchscript_ms"] = ts

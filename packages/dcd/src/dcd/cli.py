@@ -27,7 +27,7 @@ __all__ = ["build_model", "main"]
 def _model_args(p: argparse.ArgumentParser, default: str = "dcd_mobilenetv2_050") -> None:
     p.add_argument("--model", default=default, help="registered model name (see dcd.MODEL_NAMES)")
     p.add_argument("--num-classes", type=int, default=None, help="classes (default: from the dataset, or 1000)")
-    p.add_argument("--mode", choices=("featurewise", "synthesis"), default="featurewise",
+    p.add_argument("--mode", choices=("auto", "featurewise", "synthesis"), default="auto",
                    help="application form of the dynamic layers")  # fmt: skip
 
 
@@ -80,8 +80,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from dcd.runtime import tune_malloc
     from dcd.train import evaluate, make_optimizer, make_scheduler, recipe_for, train_one_epoch
+    from dyncore.bench import tune_malloc
     from dyncore.training import Checkpointer, init_distributed, progress, seed_everything, shutdown, unwrap, wrap_ddp
 
     tune_malloc()

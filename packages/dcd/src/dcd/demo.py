@@ -25,8 +25,8 @@ from dcd.analysis import madds_conventions, phi_variance, plot_phi_variance
 from dcd.data import load_dataset, stacked
 from dcd.layers import dyconv_temperature, set_temperature
 from dcd.models import BlockSetting, DynamicConfig, MobileNetV2
-from dcd.runtime import tune_malloc
 from dcd.train import tensor_batches
+from dyncore.bench import tune_malloc
 from dyncore.cli import RunDir
 from dyncore.complexity import count_parameters
 from dyncore.report import Claim, write_summary

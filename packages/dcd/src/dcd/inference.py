@@ -26,11 +26,16 @@ __all__ = ["choose_modes", "fold_batchnorm", "inference_form", "set_apply_mode"]
 
 
 def set_apply_mode(model: nn.Module, mode: str) -> int:
-    """Set the application form of every dynamic layer; returns how many were set."""
-    mode = check_mode(mode)
+    """Set the application form of every dynamic layer; returns how many were set.
+
+    ``"auto"`` lets every DCD layer choose per call (:meth:`DynamicConvDecomposition.apply_mode`) and sets the other
+    dynamic layers, which have no such rule, to "featurewise"."""
+    if mode != "auto":
+        mode = check_mode(mode)
     layers = dynamic_layers(model)
     for _, m in layers:
-        setattr(m, "mode", mode)  # noqa: B010 — every dynamic layer has a mutable .mode
+        chosen = "featurewise" if mode == "auto" and not isinstance(m, DynamicConvDecomposition) else mode
+        setattr(m, "mode", chosen)  # noqa: B010 — every dynamic layer has a mutable .mode
     return len(layers)
 
 

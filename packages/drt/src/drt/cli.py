@@ -1,7 +1,8 @@
 """drt — Dynamic Residual Transfer for multi-source domain adaptation (thesis Chapter 6).
 
 Commands:
-  train   train a static or DRT network on Digits-5 (embedded, offline) or DomainNet lists you already have
+  train   train a static or DRT network on Digits-5 (embedded, offline) or DomainNet lists you already have;
+          re-running with the same --out resumes every seed from its last checkpoint (finished seeds are re-evaluated)
   eval    evaluate a checkpoint written by `drt train` (F1, F2, ensemble accuracy on the target test split)
   demo    Digits-5 leave-one-domain-out: static vs DRT, source-only / MCD / DRT+ST, seeds → summary.json
   bench   ResNet-50-DRT ÷ ResNet-50: MAdds and CPU latency ratios → bench.json
@@ -21,7 +22,13 @@ from drt.layers import RESIDUAL_KINDS, DynamicResidualConfig
 from drt.models import DomainAdaptationNet, digit_cnn, resnet_backbone
 from drt.train import METHODS, SELECTION, DATask, TrainConfig, digits5_task, domainnet_task, evaluate, mean_std
 from dyncore.cli import Command, RunDir, run_cli
-from dyncore.training import get_logger, init_distributed, load_checkpoint, load_state_dict_strict
+from dyncore.training import (
+    ConfigMismatchError,
+    get_logger,
+    init_distributed,
+    load_checkpoint,
+    load_state_dict_strict,
+)
 
 __all__ = ["main"]
 
@@ -37,15 +44,27 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=float, default=1.0, help="digit CNN width multiplier (M3SDA widths at 1.0)")
     p.add_argument("--depth", type=int, choices=(50, 101), default=101, help="ResNet depth for DomainNet")
     p.add_argument("--limit", type=int, default=None, help="cap Digits-5 images per split (smoke runs)")
+    p.add_argument(
+        "--method", choices=METHODS, default="mcd", help="alignment loss L_d (Table 6.2); m3sda: per-source heads"
+    )
+
+
+#: the arguments that define the model and the task; a resumed run must agree on them (Checkpointer config). Paths
+#: (--root, --pretrained: only the initialisation, which a resume replaces) may move between runs.
+_RUN_KEYS = ("data", "target", "sources", "static", "residual", "num_bases", "width", "depth", "limit")
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
     _model_args(p)
-    p.add_argument("--method", choices=METHODS, default="mcd", help="alignment loss L_d (Table 6.2)")
     p.add_argument("--steps", type=int, default=2000, help="optimisation steps")
     p.add_argument("--batch-size", type=int, default=64, help="source and target images per step (each)")
     p.add_argument("--lr", type=float, default=0.002, help="SGD learning rate")
     p.add_argument("--eval-every", type=int, default=250, help="evaluate/select every N steps")
+    p.add_argument(
+        "--trade-off", type=float, default=None,
+        help="λ of Eq. 6.6 for dann/m3sda (default 1.0 for dann, 0.01 for m3sda: moments scale with the features)",
+    )  # fmt: skip
+    p.add_argument("--num-k", type=int, default=4, help="feature-extractor updates per step (mcd3, m3sda)")
     p.add_argument(
         "--select-on",
         choices=SELECTION,
@@ -65,8 +84,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _task(args: argparse.Namespace, seed: int) -> DATask:
+    with_domain = args.method == "m3sda"  # M³SDA-β alone reads source domain labels
     if args.data == "digits5":
-        return digits5_task(args.target, sources=args.sources, seed=seed, limit=args.limit)
+        return digits5_task(args.target, sources=args.sources, seed=seed, limit=args.limit, with_domain=with_domain)
     if args.root is None:
         raise ValueError("--root is required with --data domainnet")
     from torchvision.transforms import v2 as T
@@ -79,14 +99,22 @@ def _task(args: argparse.Namespace, seed: int) -> DATask:
     train_tf = T.Compose([T.Resize(256), T.RandomHorizontalFlip(), T.RandomCrop(224), *norm])
     test_tf = T.Compose([T.Resize(256), T.CenterCrop(224), *norm])
     return domainnet_task(
-        args.root, args.target, sources=args.sources, train_transform=train_tf, test_transform=test_tf, seed=seed
+        args.root,
+        args.target,
+        sources=args.sources,
+        train_transform=train_tf,
+        test_transform=test_tf,
+        seed=seed,
+        with_domain=with_domain,
     )
 
 
-def _build(args: argparse.Namespace, num_classes: int) -> DomainAdaptationNet:
+def _build(args: argparse.Namespace, task: DATask) -> DomainAdaptationNet:
     dyn = None if args.static else DynamicResidualConfig(kind=args.residual, num_bases=args.num_bases)
+    num_classes = task.num_classes
+    num_sources = len(task.source_names) if args.method == "m3sda" else None  # M³SDA-β: a head pair per source
     if args.data == "digits5":
-        return DomainAdaptationNet(digit_cnn(width=args.width, dynamic=dyn), num_classes)
+        return DomainAdaptationNet(digit_cnn(width=args.width, dynamic=dyn), num_classes, num_sources=num_sources)
     backbone = resnet_backbone(args.depth, dynamic=dyn)
     if getattr(args, "pretrained", None) is not None:
         state = torch.load(args.pretrained, map_location="cpu", weights_only=True)
@@ -96,7 +124,7 @@ def _build(args: argparse.Namespace, num_classes: int) -> DomainAdaptationNet:
         missing = [k for k in res.missing_keys if ".coefficients." not in k and not k.endswith(".bases")]
         if unexpected or missing:
             raise ValueError(f"--pretrained {args.pretrained}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    return DomainAdaptationNet(backbone, num_classes, head_hidden=(1000, 1000))
+    return DomainAdaptationNet(backbone, num_classes, head_hidden=(1000, 1000), num_sources=num_sources)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -111,7 +139,7 @@ def _train(args: argparse.Namespace) -> int:
     for seed in seeds:
         task = _task(args, seed)
         torch.manual_seed(seed)
-        model = _build(args, task.num_classes)
+        model = _build(args, task)
         cfg = TrainConfig(
             method=args.method,
             steps=args.steps,
@@ -124,13 +152,25 @@ def _train(args: argparse.Namespace) -> int:
             seed=seed,
             device=args.device,
             new_lr_mult=10.0 if args.data == "domainnet" else 1.0,
+            trade_off=args.trade_off if args.trade_off is not None else (0.01 if args.method == "m3sda" else 1.0),
+            num_k=args.num_k,
         )
-        seed_dir = run.path / f"seed{seed}"
-        kw: dict[str, Any] = {"source_val": task.source_val, "target_test": task.target_test, "config": cfg}
-        if args.self_training:
-            _, result = train_with_self_training(model, task.sources, task.target, out_dir=seed_dir, env=env, **kw)
-        else:
-            result = train(model, task.sources, task.target, out_dir=seed_dir, env=env, **kw)
+        seed_dir = run.path / f"seed{seed}"  # checkpoints/last.pt there: an interrupted seed resumes
+        run_config = {k: getattr(args, k) for k in _RUN_KEYS}
+        kw: dict[str, Any] = {
+            "source_val": task.source_val,
+            "target_test": task.target_test,
+            "config": cfg,
+            "run_config": run_config,
+        }
+        try:
+            if args.self_training:
+                _, result = train_with_self_training(model, task.sources, task.target, out_dir=seed_dir, env=env, **kw)
+            else:
+                result = train(model, task.sources, task.target, out_dir=seed_dir, env=env, **kw)
+        except ConfigMismatchError as e:  # --out holds a run with other settings: refuse, do not overwrite it
+            log.error("%s", e)
+            return 2
         torch.save(model.state_dict(), seed_dir / "model.pt")
         log.info(
             "seed %d: selected step %d (on %s) target %s",
@@ -159,7 +199,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
 def _eval(args: argparse.Namespace) -> int:
     task = _task(args, args.seed)
-    model = _build(args, task.num_classes)
+    model = _build(args, task)
     state = load_checkpoint(args.checkpoint)
     load_state_dict_strict(model, state.get("model", state) if isinstance(state, dict) else state)
     res = {

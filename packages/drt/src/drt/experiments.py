@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from drt.layers import DynamicResidualConfig
+from drt.layers import DynamicResidualConfig, residual_madds_breakdown
 from drt.losses import MCDConfig
-from drt.models import DomainAdaptationNet, digit_cnn, drt_resnet50
+from drt.models import DomainAdaptationNet, digit_cnn, drt_resnet50, drt_resnet101
 from drt.train import TrainConfig, digits5_task, mean_std, train, train_with_self_training
 
-__all__ = ["VARIANTS", "DemoConfig", "format_table", "run_bench", "run_demo"]
+__all__ = ["MADDS_VARIANTS", "VARIANTS", "DemoConfig", "format_table", "madds_overhead", "run_bench", "run_demo"]
 
 #: (row label, backbone is DRT, method, self-training)
 VARIANTS: tuple[tuple[str, bool, str, bool], ...] = (
@@ -236,6 +236,57 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, *, log: Any 
 # ----------------------------------------------------------------------------------------------------------------------
 # Benchmark
 
+#: (name, ResNet depth, K) of the MAdds breakdown in ``bench.json``; the first is the headline ResNet-50, K = 4.
+MADDS_VARIANTS: tuple[tuple[str, int, int], ...] = (
+    ("resnet50_k4", 50, 4),
+    ("resnet50_k2", 50, 2),
+    ("resnet101_k4", 101, 4),
+    ("resnet101_k2", 101, 2),
+)
+
+
+def madds_overhead(depth: int = 50, num_bases: int = 4, *, size: int = 224) -> dict[str, Any]:
+    """Where ResNet-``depth``-DRT's extra MAdds (kernel synthesis convention) over its static twin come from.
+
+    Returns ``static`` / ``drt`` totals (``dyncore.complexity.count_madds``, one image of ``size``²), their
+    ``ratio``, ``extra`` MAdds by part — ``coefficient_fcs`` (the routing branch's two FCs) and
+    ``kernel_synthesis`` (Σ_k π_k Φ_k, K·C_out·C_in per dynamic conv) — with ``extra_percent`` of the static total,
+    ``unexplained`` (drt − static − Σ extra; 0 when every extra MAdd is accounted for) and, counted only under the
+    element-wise convention, ``elementwise`` (the routing branch's global average pooling) with its percentage.
+    """
+    from torchvision.models import resnet50, resnet101
+
+    from dyncore.complexity import MAddsConvention, count_madds
+
+    builders = {50: (resnet50, drt_resnet50), 101: (resnet101, drt_resnet101)}
+    if depth not in builders:
+        raise ValueError(f"madds_overhead: depth must be one of {sorted(builders)}, got {depth}")
+    static_builder, drt_builder = builders[depth]
+    x = torch.randn(1, 3, size, size)
+    static = count_madds(static_builder().eval(), x).total  # the 1000-way ImageNet networks, as in the headline
+    dynamic_model = drt_builder(dynamic=DynamicResidualConfig(num_bases=num_bases)).eval()
+    drt_total = count_madds(dynamic_model, x).total
+    parts = residual_madds_breakdown(dynamic_model, x, convention=MAddsConvention(elementwise=True))
+    extra = {k: parts[k] for k in ("coefficient_fcs", "kernel_synthesis")}
+    elementwise = {"pooling": parts["pooling"]}
+
+    def pct(d: dict[str, int]) -> dict[str, float]:
+        return {k: 100.0 * v / static for k, v in d.items()}
+
+    return {
+        "depth": depth,
+        "num_bases": num_bases,
+        "static": static,
+        "drt": drt_total,
+        "ratio": drt_total / static,
+        "extra": extra,
+        "extra_percent": pct(extra),
+        "extra_total_percent": 100.0 * sum(extra.values()) / static,
+        "unexplained": drt_total - static - sum(extra.values()),
+        "elementwise": elementwise,
+        "elementwise_percent": pct(elementwise),
+    }
+
 
 def run_bench(out_dir: str | Path, *, quick: bool = False, threads: int = 2, log: Any = print) -> dict[str, Any]:
     """ResNet-50-DRT ÷ ResNet-50: MAdds (kernel synthesis and feature-wise conventions) and CPU latency at batch 1
@@ -254,6 +305,13 @@ def run_bench(out_dir: str | Path, *, quick: bool = False, threads: int = 2, log
     m_static = count_madds(static, x224).total
     m_syn = count_madds(dynamic, x224, convention=MAddsConvention(dynamic="per_sample")).total
     m_fw = count_madds(dynamic, x224, convention=MAddsConvention(dynamic="per_pixel")).total
+    breakdown = {name: madds_overhead(depth, k) for name, depth, k in MADDS_VARIANTS}
+    for name, b in breakdown.items():
+        log(
+            f"  MAdds {name:<13} ratio {b['ratio']:.5f}: extra {b['extra_total_percent']:.4f} % = "
+            + " + ".join(f"{k} {v:.4f} %" for k, v in b["extra_percent"].items())
+            + f" (pooling, element-wise: {b['elementwise_percent']['pooling']:.4f} %)"
+        )
     p_static, p_dyn = count_parameters(static), count_parameters(dynamic)
     size, big = (112, 8) if quick else (224, 32)
     rounds, repeats = (2, 1) if quick else (3, 2)
@@ -269,6 +327,7 @@ def run_bench(out_dir: str | Path, *, quick: bool = False, threads: int = 2, log
         log(f"  batch {batch} @ {size}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in lat[f"batch{batch}"].items()))
     ratios = {
         "madds_synthesis": m_syn / m_static,
+        **{f"madds_synthesis_{name}": b["ratio"] for name, b in breakdown.items() if name != "resnet50_k4"},
         "madds_featurewise": m_fw / m_static,
         "params": p_dyn / p_static,
     }
@@ -277,6 +336,10 @@ def run_bench(out_dir: str | Path, *, quick: bool = False, threads: int = 2, log
         ratios[f"latency_{key}_featurewise"] = res["drt_featurewise"] / res["static"]
     details = {
         "madds": {"static": m_static, "drt_synthesis": m_syn, "drt_featurewise": m_fw},
+        "madds_breakdown": breakdown,
+        "madds_breakdown_note": "extra MAdds of DRT over the static twin per image at 224x224 (kernel synthesis): "
+        "coefficient_fcs = routing FCs C_in*C_in/16 + C_in/16*K per block, kernel_synthesis = K*C_out*C_in per "
+        "block (1x1 bases); pooling (global average pool of the block input) is element-wise and not in the ratio",
         "params": {"static": p_static, "drt": p_dyn},
         "latency_ms": lat,
         "input": f"{size}x{size}",

@@ -41,6 +41,7 @@ __all__ = [
     "DynamicResidualConfig",
     "DynamicResidualConv2d",
     "dynamic_residual_layers",
+    "residual_madds_breakdown",
     "set_apply_mode",
     "tune_apply_mode",
 ]
@@ -251,28 +252,35 @@ class DynamicResidualConv2d(nn.Conv2d):
 
     # ------------------------------------------------------------------------------------------------------------------
     def madds(self, inputs: tuple[Tensor, ...], output: Tensor, convention: MAddsConvention) -> int:
-        """MAdds for ONE sample (dyncore.complexity protocol).
+        """MAdds for ONE sample (dyncore.complexity protocol): the sum of :meth:`madds_breakdown`."""
+        return sum(self.madds_breakdown(inputs, output, convention).values())
 
-        Static conv W0 (paid once whichever form) + coefficient branch (two FCs) + the residual: under
-        ``per_sample`` (kernel synthesis) the aggregation Σ_k π_k Φ_k once per image (K·C_out·C_in/g·kb²) — the
-        synthesised residual is folded into W0, so it adds no per-pixel work; under ``per_pixel`` (feature-wise)
-        K convolutions over the output grid plus their weighted sum. Channel attention (scaling W0 or its output)
-        and global pooling are element-wise and counted only with ``convention.elementwise``."""
+    def madds_breakdown(
+        self, inputs: tuple[Tensor, ...], output: Tensor, convention: MAddsConvention
+    ) -> dict[str, int]:
+        """MAdds for ONE sample, by part:
+
+        * ``static_conv`` — W0 ∗ x, paid once whichever form;
+        * ``coefficient_fcs`` — the coefficient branch's two FCs (C_ctx·hidden + hidden·heads);
+        * ``kernel_synthesis`` (``per_sample``) — Σ_k π_k Φ_k once per image, K·C_out·C_in/g·kb² (the synthesised
+          residual is folded into W0, so it adds no per-pixel work), or ``featurewise_residual`` (``per_pixel``) — K
+          convolutions over the output grid plus their weighted sum;
+        * only with ``convention.elementwise``: ``pooling`` (the global average pooling of the context) and
+          ``attention_scaling`` (Λ scaling W0, or the output under ``per_pixel``)."""
         x = inputs[0]
         ctx = inputs[1] if len(inputs) > 1 and isinstance(inputs[1], Tensor) else x
-        total = conv2d_madds(self, output)
         branch = self.coefficients
-        if branch.fc is not None:
-            total += branch.fc.in_features * branch.fc.out_features
-        total += sum(h.in_features * h.out_features for h in branch.heads.values())
+        fcs = branch.fc.in_features * branch.fc.out_features if branch.fc is not None else 0
+        fcs += sum(h.in_features * h.out_features for h in branch.heads.values())
+        parts = {"static_conv": conv2d_madds(self, output), "coefficient_fcs": fcs}
         oh, ow = output.shape[-2:]
         in_per_group = self.in_channels // self.groups
         if self.bases is not None:
             k, _, _, kb, _ = self.bases.shape
             if convention.dynamic == "per_sample":
-                total += k * self.out_channels * in_per_group * kb * kb
+                parts["kernel_synthesis"] = k * self.out_channels * in_per_group * kb * kb
             else:
-                total += expert_mixture_madds(
+                parts["featurewise_residual"] = expert_mixture_madds(
                     experts=k,
                     out_channels=self.out_channels,
                     in_per_group=in_per_group,
@@ -281,12 +289,13 @@ class DynamicResidualConv2d(nn.Conv2d):
                     mode="featurewise",
                 )
         if convention.elementwise:
-            if ctx.dim() == 4:
-                total += ctx[0].numel()  # global average pooling
+            parts["pooling"] = ctx[0].numel() if ctx.dim() == 4 else 0
             if self.config.uses_attention:
                 kernel = in_per_group * self.kernel_size[0] * self.kernel_size[1]
-                total += self.out_channels * (kernel if convention.dynamic == "per_sample" else oh * ow)
-        return int(total)
+                parts["attention_scaling"] = self.out_channels * (
+                    kernel if convention.dynamic == "per_sample" else oh * ow
+                )
+        return {name: int(n) for name, n in parts.items()}
 
     def extra_repr(self) -> str:
         c = self.config
@@ -301,6 +310,35 @@ def dynamic_residual_layers(model: nn.Module) -> Iterator[tuple[str, DynamicResi
     for name, module in model.named_modules():
         if isinstance(module, DynamicResidualConv2d):
             yield name, module
+
+
+@torch.no_grad()
+def residual_madds_breakdown(
+    model: nn.Module, *inputs: Tensor, convention: MAddsConvention | None = None
+) -> dict[str, int]:
+    """MAdds of every :class:`DynamicResidualConv2d` of ``model`` for ONE sample, summed by part
+    (:meth:`DynamicResidualConv2d.madds_breakdown`), from one forward pass of ``inputs`` with hooks. Everything but
+    ``static_conv`` is the dynamic residual's extra cost over the static twin."""
+    convention = convention or MAddsConvention()
+    totals: dict[str, int] = {}
+
+    def hook(layer: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+        assert isinstance(layer, DynamicResidualConv2d)
+        for name, n in layer.madds_breakdown(args, output, convention).items():
+            totals[name] = totals.get(name, 0) + n
+
+    handles = [layer.register_forward_hook(hook) for _, layer in dynamic_residual_layers(model)]
+    if not handles:
+        raise ValueError(f"residual_madds_breakdown: {type(model).__name__} has no DynamicResidualConv2d")
+    was_training = model.training
+    try:
+        model.eval()
+        model(*inputs)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return totals
 
 
 def set_apply_mode(model: nn.Module, apply: ApplyChoice) -> int:

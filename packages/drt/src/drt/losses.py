@@ -9,6 +9,7 @@ without domain labels = single-source mode); only M³SDA-β uses domain labels a
 * :func:`classifier_discrepancy`, :class:`ClassBalanceLoss` — MCD's L_dis and the released class-balance L_div.
 * :class:`MCDLoss` — the released one-pass MCD with gradient reversal (spec values GRL 4.0, η 50, γ 0.01, ls 0.01).
 * :class:`MomentMatchingLoss` — M³SDA: first/second moment distances source_i↔target and source_i↔source_j.
+* :func:`per_source_cross_entropy` — M³SDA's source loss: classifier i is trained on source i's samples only.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "MomentMatchingLoss",
     "classifier_discrepancy",
     "grad_reverse",
+    "per_source_cross_entropy",
 ]
 
 
@@ -241,3 +243,50 @@ class MomentMatchingLoss(nn.Module):
             if pairs:
                 total = total + torch.stack(pairs).mean()
         return total
+
+
+def per_source_cross_entropy(
+    logits: Sequence[Tensor], target: Tensor, domain: Tensor | None, *, label_smoothing: float = 0.0
+) -> Tensor:
+    """M³SDA's source loss, one term per source domain: CE_i = CE(C_i(f)[d = i], y[d = i]) (Peng et al. 2019).
+
+    Classifier i only sees the samples of source i, so CE_i's gradient reaches classifier i and nothing else of the
+    heads. Samples with domain −1 (pseudo-labelled target samples in self-training) count for every classifier.
+
+    Args:
+        logits: N tensors (B, C), classifier i applied to the whole batch (rows of other domains are masked out).
+        target: (B,) class ids. domain: (B,) source ids in {−1, 0, …, N−1}; ``None`` raises
+            :class:`DomainLabelsRequiredError`.
+
+    Returns:
+        (N,) — CE_i per source; the loss is their sum. A source absent from the batch gives 0 with a zero gradient
+        for its classifier (so every process of a distributed run synchronises the same gradients).
+    """
+    if domain is None:
+        raise DomainLabelsRequiredError(
+            "per_source_cross_entropy (M³SDA-β) needs source domain labels: build the source set with "
+            "MultiSourceDataset(..., with_domain=True)"
+        )
+    n = len(logits)
+    if n == 0:
+        raise ValueError("per_source_cross_entropy: `logits` must hold one (B, C) tensor per source, got none")
+    batch = target.shape[0]
+    if domain.shape != (batch,) or any(lg.dim() != 2 or lg.shape[0] != batch for lg in logits):
+        raise ValueError(
+            f"per_source_cross_entropy: expected logits (B, C) and domain ({batch},), got "
+            f"{[tuple(lg.shape) for lg in logits]} and {tuple(domain.shape)}"
+        )
+    bad = domain[(domain < -1) | (domain >= n)]
+    if bad.numel():
+        raise ValueError(
+            f"per_source_cross_entropy: domain ids {sorted(set(bad.tolist()))[:5]} outside [-1, {n - 1}] for {n} "
+            "per-source classifiers; build the model with num_sources = the number of source domains"
+        )
+    terms = []
+    for i, lg in enumerate(logits):
+        rows = (domain == i) | (domain == -1)
+        if bool(rows.any()):
+            terms.append(F.cross_entropy(lg[rows], target[rows], label_smoothing=label_smoothing))
+        else:  # absent from this batch: a zero term that keeps classifier i in the graph (zero, not no, gradient)
+            terms.append(lg.sum() * 0.0)
+    return torch.stack(terms)

@@ -7,13 +7,15 @@
   routed from the *block* input (:func:`convert_resnet`, via ``dyncore.surgery``); the parameter names of the static
   network are kept, so ImageNet weights a user already has load into the static part (``strict=False``: only the
   new ``coefficients``/``bases`` are missing).
-* :class:`DomainAdaptationNet`: backbone → F1, F2 classifier heads (MCD), with F1/F2/ensemble predictions.
+* :class:`DomainAdaptationNet`: backbone → F1, F2 classifier heads (MCD), with F1/F2/ensemble predictions;
+  with ``num_sources=N`` each head is a :class:`SourceClassifiers` bank (M³SDA-β: a classifier pair per source).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +31,7 @@ __all__ = [
     "DigitFiveCNN",
     "DomainAdaptationNet",
     "DynamicResidualBottleneck",
+    "SourceClassifiers",
     "convert_resnet",
     "digit_cnn",
     "drt_resnet50",
@@ -211,11 +214,73 @@ class ClassifierHead(nn.Sequential):
                     nn.init.zeros_(m.bias)
 
 
+class SourceClassifiers(nn.Module):
+    """One classifier per source domain, combined into one prediction (M³SDA, Peng et al. 2019).
+
+    ``per_source(f)``: (B, D) → N raw logits (B, C), classifier C_i trained on source i only. ``forward(f)``:
+    (B, D) → (B, C) log-probabilities of the weighted mixture log Σ_i w_i·softmax(C_i(f)) — the target prediction.
+    The weights w (buffer ``source_weights``, (N,), non-negative, summing to 1, saved with the model) default to
+    uniform; :meth:`set_source_weights` replaces them (e.g. by per-source held-out accuracies). Because softmax of
+    the output gives back the mixture probabilities, it drops in wherever a logit head is expected.
+    """
+
+    source_weights: Tensor
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        num_sources: int,
+        *,
+        hidden: Sequence[int] = (),
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if num_sources < 1:
+            raise ValueError(f"SourceClassifiers: num_sources must be >= 1, got {num_sources}")
+        self.classifiers = nn.ModuleList(
+            ClassifierHead(in_features, num_classes, hidden=hidden, dropout=dropout) for _ in range(num_sources)
+        )
+        self.register_buffer("source_weights", torch.full((num_sources,), 1.0 / num_sources))
+        self.num_classes = num_classes
+        self.num_sources = num_sources
+
+    def set_source_weights(self, weights: Sequence[float] | Tensor) -> None:
+        """Set w (N non-negative values, not all zero); they are normalised to sum to 1."""
+        w = torch.as_tensor(weights, dtype=torch.float64).flatten()
+        if w.numel() != self.num_sources:
+            raise ValueError(
+                f"set_source_weights: expected {self.num_sources} weights (one per source), got {w.numel()}"
+            )
+        if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or float(w.sum()) <= 0:
+            raise ValueError(f"set_source_weights: weights must be finite, >= 0 and not all 0, got {w.tolist()}")
+        self.source_weights.copy_((w / w.sum()).to(self.source_weights))
+
+    def per_source(self, f: Tensor) -> list[Tensor]:
+        """[C_i(f)] for every source i: (B, D) → N × (B, C) raw logits."""
+        return [c(f) for c in self.classifiers]
+
+    def combine(self, logits: Sequence[Tensor]) -> Tensor:
+        """log Σ_i w_i·softmax(logits_i): N × (B, C) → (B, C), computed as a logsumexp for stability."""
+        log_p = torch.stack([lg.log_softmax(dim=1) for lg in logits])  # (N, B, C)
+        log_w = self.source_weights.to(log_p.dtype).log()[:, None, None]
+        return torch.logsumexp(log_p + log_w, dim=0)
+
+    def forward(self, f: Tensor) -> Tensor:
+        return self.combine(self.per_source(f))
+
+
 class DomainAdaptationNet(nn.Module):
     """Feature extractor G + classifier heads F1..Fn (n = 2 for MCD).
 
     ``forward(x)`` returns the ensemble logits (B, C): per sample, the head with the larger max logit.
     ``predict(x)`` returns ``{"F1": .., "F2": .., "ensemble": ..}``.
+
+    M³SDA-β (``num_sources=N``): each head F_j is a :class:`SourceClassifiers` bank of N per-source classifiers, so
+    source i owns the pair (C_i, C'_i) = (F1.classifiers[i], F2.classifiers[i]) (:meth:`source_pairs`). F1 is then
+    the weighted combination of the first classifier of every pair, log Σ_i w_i·softmax(C_i), F2 that of the
+    second ones, and the ensemble is the same rule as for every other method (per sample, the more confident of
+    F1 and F2).
     """
 
     def __init__(
@@ -227,19 +292,41 @@ class DomainAdaptationNet(nn.Module):
         feature_dim: int | None = None,
         head_hidden: Sequence[int] = (),
         dropout: float = 0.5,
+        num_sources: int | None = None,
     ) -> None:
         super().__init__()
         if num_heads < 1:
             raise ValueError(f"DomainAdaptationNet: num_heads must be >= 1, got {num_heads}")
+        if num_sources is not None and num_sources < 1:
+            raise ValueError(f"DomainAdaptationNet: num_sources must be >= 1 (or None), got {num_sources}")
         dim = feature_dim if feature_dim is not None else getattr(backbone, "out_features", None)
         if not isinstance(dim, int):
             raise ValueError("DomainAdaptationNet: pass feature_dim (the backbone has no int .out_features)")
         self.backbone = backbone
-        self.heads = nn.ModuleList(
-            ClassifierHead(dim, num_classes, hidden=head_hidden, dropout=dropout) for _ in range(num_heads)
-        )
+
+        def head() -> nn.Module:
+            if num_sources is None:
+                return ClassifierHead(dim, num_classes, hidden=head_hidden, dropout=dropout)
+            return SourceClassifiers(dim, num_classes, num_sources, hidden=head_hidden, dropout=dropout)
+
+        self.heads = nn.ModuleList(head() for _ in range(num_heads))
         self.num_classes = num_classes
         self.feature_dim = dim
+        self.num_sources = num_sources
+
+    def source_pairs(self) -> list[tuple[nn.Module, ...]]:
+        """M³SDA-β: [(F1.classifiers[i], F2.classifiers[i], …)] for every source i."""
+        if self.num_sources is None:
+            raise ValueError("DomainAdaptationNet.source_pairs: the model has no per-source heads (num_sources=None)")
+        banks = [cast(SourceClassifiers, h) for h in self.heads]
+        return list(zip(*(bank.classifiers for bank in banks)))
+
+    def set_source_weights(self, weights: Sequence[float] | Tensor) -> None:
+        """M³SDA-β: the per-source combination weights w of every head (see :class:`SourceClassifiers`)."""
+        if self.num_sources is None:
+            raise ValueError("DomainAdaptationNet.set_source_weights: the model has no per-source heads")
+        for h in self.heads:
+            cast(SourceClassifiers, h).set_source_weights(weights)
 
     def features(self, x: Tensor) -> Tensor:
         """G(x): (B, 3, H, W) → (B, D)."""

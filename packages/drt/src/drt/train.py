@@ -11,9 +11,13 @@ Methods (``TrainConfig.method``):
 * ``mcd``         — the released one-pass MCD with gradient reversal (:class:`drt.losses.MCDLoss`).
 * ``mcd3``        — classic three-step MCD (A: source CE; B: heads maximise the discrepancy; C: features minimise it
   ``num_k`` times).
-* ``m3sda``       — CE + λ·moment matching between source domains and the target (needs source domain labels).
+* ``m3sda``       — M³SDA-β (Peng et al. 2019): a pair of classifiers per source domain
+  (``DomainAdaptationNet(..., num_sources=N)``), each trained on its own source; CE + λ·moment matching between
+  source domains and the target, then the MCD schedule per pair (B: pairs maximise their target discrepancy; C: the
+  features minimise it ``num_k`` times). Needs source domain labels.
 
 Sources are pooled without domain labels (multi-source = single-source for DRT); ``m3sda`` alone reads them.
+With ``out_dir`` a run writes ``checkpoints/last.pt`` after every evaluation and resumes from it bit-exactly.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import torch
 import torch.nn.functional as F
@@ -42,16 +46,19 @@ from drt.losses import (
     MCDLoss,
     MomentMatchingLoss,
     classifier_discrepancy,
+    per_source_cross_entropy,
 )
-from drt.models import DomainAdaptationNet
+from drt.models import DomainAdaptationNet, SourceClassifiers
 from dyncore.training import (
     Checkpointer,
+    CheckpointError,
     DistEnv,
     InfiniteLoader,
     JSONLLogger,
     accuracy,
     all_reduce_mean,
     get_logger,
+    load_state_dict_strict,
     seed_everything,
     unwrap,
     wrap_ddp,
@@ -59,6 +66,7 @@ from dyncore.training import (
 
 __all__ = [
     "METHODS",
+    "RESUME_IGNORED",
     "SELECTION",
     "DATask",
     "DomainMismatchError",
@@ -96,13 +104,15 @@ class TrainConfig:
         lr, momentum, weight_decay: SGD; ``new_lr_mult`` multiplies the lr of the dynamic-residual parameters,
             the heads and the discriminator (spec DomainNet: ×10 on an ImageNet-pretrained backbone).
         lr_milestones: steps at which the lr is multiplied by 0.1.
-        trade_off: λ of Eq. 6.6 for ``dann``/``m3sda`` (MCD's weights are in ``mcd``).
+        trade_off: λ of Eq. 6.6 for ``dann``/``m3sda`` (MCD's weights are in ``mcd``); for ``m3sda`` it weighs the
+            moment matching, whose scale follows the features' (λ = 1 collapsed the tiny test CNN, 0.01 did not).
         mcd: the released MCD values (GRL 4.0, η 50, γ 0.01, label smoothing 0.01).
         num_k: feature-extractor updates per step in ``mcd3``.
         align_warmup: fraction of ``steps`` over which the alignment weight (λ, or MCD's η) ramps up from 0 with the
             DANN schedule 2/(1 + exp(−10·p)) − 1 (0 = constant weight, the spec setting).
         adda_pretrain: fraction of ``steps`` spent on source-only pre-training in ``adda``.
-        eval_every: evaluate (and select) every this many steps (and at the end).
+        eval_every: evaluate (and select) every this many steps (and at the end); with an ``out_dir`` also the
+            resume checkpoint interval.
         select_on: ``"source"`` (held-out source data, default), ``"last"``, or ``"target"`` — selection on the
             target test set, an explicit opt-in that is logged as a warning and recorded in the result.
         self_training: ``st_threshold`` (confidence, spec 0.8) and ``st_steps`` for :func:`train_with_self_training`.
@@ -142,6 +152,11 @@ class TrainConfig:
                 f"TrainConfig: steps >= 1, batch_size >= 2 and eval_every >= 1 required, got steps={self.steps}, "
                 f"batch_size={self.batch_size}, eval_every={self.eval_every}"
             )
+        if self.trade_off < 0 or self.num_k < 1:
+            raise ValueError(
+                f"TrainConfig: trade_off >= 0 and num_k >= 1 required, got trade_off={self.trade_off}, "
+                f"num_k={self.num_k}"
+            )
         if not 0.0 < self.st_threshold < 1.0:
             raise ValueError(f"TrainConfig.st_threshold must lie in (0, 1), got {self.st_threshold}")
         if not 0.0 <= self.align_warmup <= 1.0:
@@ -161,7 +176,8 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     """Outcome of :func:`train`: the selected step, its source-val and target-test accuracies (F1, F2, ensemble),
-    the selection rule, the per-evaluation history and the wall time."""
+    the selection rule, the per-evaluation history, the wall time (of this call) and the step a resumed run
+    continued from (``None`` for a fresh run)."""
 
     best_step: int
     source_val: dict[str, float]
@@ -170,6 +186,7 @@ class TrainResult:
     history: list[dict[str, Any]]
     seconds: float
     pseudo_labels: int | None = None
+    resumed_at: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -331,7 +348,10 @@ def domainnet_task(
 def evaluate(
     model: DomainAdaptationNet, dataset: Dataset[Any], *, batch_size: int = 256, device: str | torch.device = "cpu"
 ) -> dict[str, float]:
-    """Top-1 accuracy (%) of F1, F2 (each head) and the ensemble (per sample the head with the larger max logit)."""
+    """Top-1 accuracy (%) of F1, F2 (each head) and the ensemble (per sample the head with the larger max logit).
+
+    For an M³SDA-β model (``num_sources`` set) F1 / F2 are the weighted mixtures of the first / second classifier of
+    every per-source pair (:class:`drt.models.SourceClassifiers`); the ensemble rule is the same."""
     net = unwrap(model)
     was_training = net.training
     net.eval()
@@ -396,13 +416,20 @@ def _is_new(name: str) -> bool:
 
 
 class _Learner:
-    """Optimisers and one optimisation step per method (G: backbone; F: heads; D: discriminator)."""
+    """Optimisers and one optimisation step per method (G: backbone; F: heads; D: discriminator).
+
+    ``encoder`` is the backbone used for training forwards: the model's own backbone, or a DDP wrapper around it in a
+    distributed run (the model itself is never wrapped, so its state_dict keys never change).
+    """
 
     def __init__(self, model: DomainAdaptationNet, cfg: TrainConfig, env: DistEnv | None) -> None:
         self.model, self.cfg, self.env = model, cfg, env
         self.device = torch.device(cfg.device)
         net = unwrap(model)
         dim = net.feature_dim
+        self.encoder: nn.Module = net.backbone
+        if env is not None and env.is_distributed:
+            self.encoder = wrap_ddp(net.backbone, env)
         self.dann: DomainAdversarialLoss | None = None
         self.adda: AdversarialDiscriminativeLoss | None = None
         self.mcd = MCDLoss(cfg.mcd)
@@ -434,18 +461,66 @@ class _Learner:
             for g, lr in zip(o.param_groups, lrs):
                 g["lr"] = lr * factor
 
+    # resume -----------------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the learner holds besides the model and ``opt_g`` (which the Checkpointer stores itself): the
+        head and discriminator optimisers, the DANN/ADDA discriminators and ADDA's frozen source encoder (``None``
+        while ADDA is still pre-training)."""
+
+        def sd(obj: Any) -> Any:
+            return None if obj is None else obj.state_dict()
+
+        return {
+            "opt_f": self.opt_f.state_dict(),
+            "opt_d": sd(self.opt_d),
+            "dann": sd(self.dann),
+            "adda": sd(self.adda),
+            "source_encoder": sd(self.source_encoder),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (the model must already hold the checkpoint's weights)."""
+        missing = [k for k in ("opt_f", "opt_d", "dann", "adda", "source_encoder") if k not in state]
+        if missing:
+            raise CheckpointError(f"train: the checkpoint's learner state lacks {missing}")
+        self.opt_f.load_state_dict(state["opt_f"])
+        for key, obj in (("opt_d", self.opt_d), ("dann", self.dann), ("adda", self.adda)):
+            if (obj is None) != (state[key] is None):
+                raise CheckpointError(f"train: the checkpoint's `{key}` state does not fit method {self.cfg.method!r}")
+            if obj is not None:
+                obj.load_state_dict(state[key])
+        if state["source_encoder"] is not None:
+            self._freeze_source_encoder()
+            assert self.source_encoder is not None
+            load_state_dict_strict(self.source_encoder, state["source_encoder"])
+
+    def sync_buffers(self) -> None:
+        """DDP: average every buffer (BN running statistics) of the model, the discriminators and ADDA's source
+        encoder across processes. DDP keeps parameters equal but each process updates its own running statistics
+        (and those of modules outside DDP: heads, discriminators); after this call every process holds the same
+        state, which is what a checkpoint stores (before evaluation, saving, and freezing ADDA's source encoder)."""
+        if self.env is None or not self.env.is_distributed:
+            return
+        for module in (unwrap(self.model), self.dann, self.adda, self.source_encoder):
+            if module is None:
+                continue
+            for buf in module.buffers():
+                buf.copy_(all_reduce_mean(buf, self.env).to(buf.dtype))
+
     # helpers ----------------------------------------------------------------------------------------------------------
     def _heads(self) -> nn.ModuleList:
         return unwrap(self.model).heads
 
     def _sync_small(self, modules: Sequence[nn.Module]) -> None:
-        """Average the gradients of modules outside DDP (heads, discriminator) across processes."""
+        """Average the gradients of modules outside DDP (heads, discriminator) across processes. Every trainable
+        parameter takes part (a missing gradient counts as zeros), so all processes issue the same collectives even
+        when a batch leaves a parameter unused on one of them."""
         if self.env is None or not self.env.is_distributed:
             return
         for m in modules:
             for p in m.parameters():
-                if p.grad is not None:
-                    p.grad.copy_(all_reduce_mean(p.grad, self.env))
+                if p.requires_grad:
+                    p.grad = all_reduce_mean(p.grad if p.grad is not None else torch.zeros_like(p), self.env)
 
     def _update(self, loss: Tensor, optimizers: Sequence[torch.optim.Optimizer], small: Sequence[nn.Module]) -> None:
         for o in self.optimizers:
@@ -457,6 +532,9 @@ class _Learner:
 
     def _ce(self, f_s: Tensor, y: Tensor) -> Tensor:
         return sum(F.cross_entropy(h(f_s), y) for h in self._heads())  # type: ignore[return-value]
+
+    def _features(self, x: Tensor) -> Tensor:
+        return self.encoder(x)
 
     # one step ---------------------------------------------------------------------------------------------------------
     def ramp(self, step: int) -> float:
@@ -483,31 +561,20 @@ class _Learner:
             return {"loss": float(loss.detach())}
         if method == "mcd3":
             return self._mcd3_step(xs, ys, xt)
+        if method == "m3sda":
+            return self._m3sda_step(weight, xs, ys, ds, xt)
         f = self._features(torch.cat([xs, xt]))
         f_s, f_t = f[:n_s], f[n_s:]
         if method == "mcd":
             parts = self.mcd(list(heads), f_s, ys, f_t)
             self._update(parts["loss"], both, [heads])
             return {k: float(v.detach()) for k, v in parts.items()}
+        assert self.dann is not None
         ce = self._ce(f_s, ys)
-        if method == "dann":
-            assert self.dann is not None
-            align = self.dann(f_s, f_t)
-            total = ce + cfg.trade_off * weight * align
-            self._update(total, both, [heads, self.dann])
-            return {"loss": float(total.detach()), "ce": float(ce.detach()), "domain": float(align.detach())}
-        # m3sda
-        if ds is None:
-            raise DomainLabelsRequiredError(
-                "method 'm3sda' (M³SDA-β) needs source domain labels: the source dataset must yield (x, y, domain)"
-            )
-        align = self.mm(f_s, ds, f_t)
+        align = self.dann(f_s, f_t)
         total = ce + cfg.trade_off * weight * align
-        self._update(total, both, [heads])
-        return {"loss": float(total.detach()), "ce": float(ce.detach()), "moments": float(align.detach())}
-
-    def _features(self, x: Tensor) -> Tensor:
-        return self.model.backbone(x) if hasattr(self.model, "backbone") else unwrap(self.model).backbone(x)
+        self._update(total, both, [heads, self.dann])
+        return {"loss": float(total.detach()), "ce": float(ce.detach()), "domain": float(align.detach())}
 
     def _mcd3_step(self, xs: Tensor, ys: Tensor, xt: Tensor) -> dict[str, float]:
         heads = self._heads()
@@ -528,14 +595,67 @@ class _Learner:
             self._update(dis_c, [self.opt_g], [])
         return {"ce": float(ce.detach()), "dis_max": float(dis_b.detach()), "dis_min": float(dis_c.detach())}
 
+    # M³SDA-β ----------------------------------------------------------------------------------------------------------
+    def _banks(self) -> list[SourceClassifiers]:
+        return [cast(SourceClassifiers, h) for h in self._heads()]
+
+    def _source_ce(self, f_s: Tensor, ys: Tensor, ds: Tensor) -> Tensor:
+        """Σ over both banks and every source i of CE(C_i, source i's samples) (classifier i sees only source i)."""
+        return sum(per_source_cross_entropy(b.per_source(f_s), ys, ds).sum() for b in self._banks())  # type: ignore[return-value]
+
+    def _pair_discrepancy(self, f_t: Tensor) -> Tensor:
+        """Σ_i L_dis(C_i(f_t), C'_i(f_t)) over the N per-source classifier pairs."""
+        first, second = self._banks()
+        pairs = zip(first.per_source(f_t), second.per_source(f_t))
+        return sum(classifier_discrepancy(a, b) for a, b in pairs)  # type: ignore[return-value]
+
+    def _m3sda_step(self, weight: float, xs: Tensor, ys: Tensor, ds: Tensor | None, xt: Tensor) -> dict[str, float]:
+        """M³SDA-β (Peng et al. 2019) with the MCD schedule per source pair: A: G and all classifiers minimise the
+        per-source CE + λ·moment matching; B: the classifiers (G fixed) maximise each pair's target discrepancy while
+        staying accurate on their source; C: G minimises the discrepancies ``num_k`` times."""
+        if ds is None:
+            raise DomainLabelsRequiredError(
+                "method 'm3sda' (M³SDA-β) needs source domain labels: the source dataset must yield (x, y, domain)"
+            )
+        heads = self._heads()
+        n_s = xs.shape[0]
+        f = self._features(torch.cat([xs, xt]))
+        f_s, f_t = f[:n_s], f[n_s:]
+        ce = self._source_ce(f_s, ys, ds)
+        moments = self.mm(f_s, ds, f_t)
+        total = ce + self.cfg.trade_off * weight * moments
+        self._update(total, [self.opt_g, self.opt_f], [heads])
+        with torch.no_grad():
+            f = self._features(torch.cat([xs, xt]))
+        dis_b = self._pair_discrepancy(f[n_s:])
+        self._update(self._source_ce(f[:n_s], ys, ds) - dis_b, [self.opt_f], [heads])
+        dis_c = torch.zeros(())
+        for _ in range(self.cfg.num_k):
+            dis_c = self._pair_discrepancy(self._features(xt))
+            self._update(dis_c, [self.opt_g], [])
+        return {
+            "loss": float(total.detach()),
+            "ce": float(ce.detach()),
+            "moments": float(moments.detach()),
+            "dis_max": float(dis_b.detach()),
+            "dis_min": float(dis_c.detach()),
+        }
+
+    # ADDA -------------------------------------------------------------------------------------------------------------
+    def _freeze_source_encoder(self) -> None:
+        """End of ADDA pre-training: a frozen copy of the backbone becomes the source encoder; the heads freeze."""
+        self.sync_buffers()
+        self.source_encoder = copy.deepcopy(unwrap(self.model).backbone).eval().requires_grad_(False)
+        self._heads().requires_grad_(False)
+
     def _adda_step(self, xs: Tensor, xt: Tensor) -> dict[str, float]:
         assert self.adda is not None and self.opt_d is not None
-        if self.source_encoder is None:  # end of pre-training: freeze a copy as the source encoder, and the heads
-            self.source_encoder = copy.deepcopy(unwrap(self.model).backbone).eval().requires_grad_(False)
-            self._heads().requires_grad_(False)
+        if self.source_encoder is None:
+            self._freeze_source_encoder()
+        assert self.source_encoder is not None
         with torch.no_grad():
             f_s = self.source_encoder(xs)
-        f_t = self._features(xt)
+            f_t = self._features(xt)  # the discriminator step reads detached target features
         d_loss = self.adda.discriminator_loss(f_s, f_t)
         self._update(d_loss, [self.opt_d], [self.adda])
         g_loss = self.adda.encoder_loss(self._features(xt))
@@ -564,6 +684,63 @@ def _loader(ds: Dataset[Any], cfg: TrainConfig, seed: int, env: DistEnv | None) 
     return InfiniteLoader(loader)
 
 
+def _check_m3sda(model: DomainAdaptationNet, sources: Dataset[Any]) -> None:
+    sample = sources[0]
+    if not isinstance(sample, (tuple, list)) or len(sample) < 3:
+        raise DomainLabelsRequiredError(
+            "method 'm3sda' (M³SDA-β) needs source domain labels: build the sources with "
+            "MultiSourceDataset(..., with_domain=True)"
+        )
+    net = unwrap(model)
+    if net.num_sources is None or len(net.heads) != 2:
+        raise ValueError(
+            "method 'm3sda' (M³SDA-β) needs a pair of classifiers per source domain: build the model with "
+            "DomainAdaptationNet(..., num_sources=len(task.source_names)) (and the default num_heads=2)"
+        )
+
+
+def _resume_config(cfg: TrainConfig, run_config: Mapping[str, Any] | None, env: DistEnv | None) -> dict[str, Any]:
+    """What a checkpoint must agree with to be resumed: the TrainConfig, the world size and the caller's run
+    settings (model/data, under ``run``)."""
+    out = {**cfg.to_dict(), "world_size": 1 if env is None else env.world_size}
+    if run_config:
+        out["run"] = dict(run_config)
+    return out
+
+
+#: TrainConfig keys that may differ between a checkpoint and its resumption (where it runs, not what it computes).
+RESUME_IGNORED = ("device", "num_workers")
+
+
+def _resume(
+    ckpt: Checkpointer, model: DomainAdaptationNet, learner: _Learner, src: InfiniteLoader, tgt: InfiniteLoader
+) -> tuple[int, list[dict[str, Any]], tuple[float, int, dict[str, Tensor]] | None] | None:
+    """Restore a run from ``last.pt`` (model, optimisers, learner, loaders, RNG); returns (step, history, best)
+    or ``None`` when there is nothing to resume."""
+    resumed = ckpt.resume(model=model, optimizer=learner.opt_g)
+    if resumed is None:
+        return None
+    extra = resumed["extra"]
+    learner.load_state_dict(extra["learner"])
+    src.load_state_dict(extra["loaders"]["source"])
+    tgt.load_state_dict(extra["loaders"]["target"])
+    best = None
+    if extra["best"] is not None:
+        sel = extra["best"]  # its state is None when the selected step is the checkpoint's own step
+        state = sel["state"] if sel["state"] is not None else unwrap(model).state_dict()
+        best = (float(sel["score"]), int(sel["step"]), copy.deepcopy(state))
+    step = int(resumed["step"])
+    log.info("resuming from %s at step %d of %d", resumed["path"], step, learner.cfg.steps)
+    return step, [dict(h) for h in extra["history"]], best
+
+
+def _mean_over_processes(values: list[float], env: DistEnv | None, device: torch.device) -> list[float]:
+    """The mean of each value over the processes of a distributed run (the values themselves otherwise)."""
+    if env is None or not env.is_distributed:
+        return values
+    return all_reduce_mean(torch.tensor(values, dtype=torch.float64, device=device), env).tolist()  # type: ignore[no-any-return]
+
+
 def train(
     model: DomainAdaptationNet,
     sources: Dataset[Any],
@@ -575,15 +752,27 @@ def train(
     out_dir: str | Path | None = None,
     env: DistEnv | None = None,
     callback: Callable[[int, dict[str, float]], None] | None = None,
+    run_config: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` on labelled ``sources`` (pooled; (x, y) or (x, y, domain)) and unlabelled ``target`` (its
     labels are never read), select a checkpoint, and report F1/F2/ensemble accuracy.
 
     Selection: every ``eval_every`` steps the model is evaluated on ``source_val`` (held-out source data, default) —
     or on ``target_test`` when ``select_on="target"`` (an explicit opt-in, logged as a warning: it reports an
-    optimistic, oracle-selected number) — and the best state is kept (``out_dir/checkpoints/best.pt`` via
-    :class:`dyncore.training.Checkpointer` when ``out_dir`` is given; metrics in ``out_dir/metrics.jsonl``).
-    The returned ``target_test`` accuracies are those of the selected state.
+    optimistic, oracle-selected number) — and the best state is kept (``out_dir/checkpoints/best.pt`` when
+    ``out_dir`` is given; metrics in ``out_dir/metrics.jsonl``). The returned ``target_test`` accuracies are those of
+    the selected state.
+
+    Exact resume (``out_dir`` given): after every evaluation (every ``eval_every`` steps and at the end)
+    ``out_dir/checkpoints/last.pt`` is written by :class:`dyncore.training.Checkpointer` with the model, every
+    optimiser, the discriminator(s) and ADDA's frozen source encoder, both loaders' positions, the selection so far
+    (best score/step/state) and history, and every RNG. When ``last.pt`` exists on entry the run continues from it
+    and ends bit-identical to an uninterrupted run (a finished run is only re-evaluated). The checkpoint must match
+    ``config`` (except :data:`RESUME_IGNORED`), the world size and ``run_config`` (model/data settings the caller
+    wants checked, e.g. the CLI's target domain and backbone), else
+    :class:`dyncore.training.ConfigMismatchError` names the differing keys.
+
+    ``callback(step, stats)`` runs after every optimisation step (0-based ``step``), before that step's evaluation.
     """
     cfg = config
     t0 = time.perf_counter()
@@ -595,24 +784,26 @@ def train(
             "labels; the reported accuracy is optimistic and not comparable to source-selected results"
         )
     if cfg.method == "m3sda":
-        sample = sources[0]
-        if not isinstance(sample, (tuple, list)) or len(sample) < 3:
-            raise DomainLabelsRequiredError(
-                "method 'm3sda' (M³SDA-β) needs source domain labels: build the sources with "
-                "MultiSourceDataset(..., with_domain=True)"
-            )
+        _check_m3sda(model, sources)
     model.to(device)
-    if env is not None and env.is_distributed:
-        model.backbone = wrap_ddp(model.backbone, env)  # type: ignore[assignment]
     learner = _Learner(model, cfg, env)
     src = _loader(sources, cfg, cfg.seed, env)
     tgt = _loader(target, cfg, cfg.seed + 1, env)
-    logger = JSONLLogger(Path(out_dir) / "metrics.jsonl") if out_dir is not None else None
-    ckpt = Checkpointer(Path(out_dir) / "checkpoints", cfg.to_dict(), env=env) if out_dir is not None else None
+    logger: JSONLLogger | None = None
+    ckpt: Checkpointer | None = None
+    if out_dir is not None:
+        logger = JSONLLogger(Path(out_dir) / "metrics.jsonl", enabled=env is None or env.is_main)
+        ckpt = Checkpointer(
+            Path(out_dir) / "checkpoints", _resume_config(cfg, run_config, env), ignore=RESUME_IGNORED, env=env
+        )
     history: list[dict[str, Any]] = []
-    best: tuple[float, int, dict[str, Tensor]] | None = None
+    best: tuple[float, int, dict[str, Tensor]] | None = None  # (score, step, state) selected so far
+    start = 0
+    resumed = _resume(ckpt, model, learner, src, tgt) if ckpt is not None else None
+    if resumed is not None:
+        start, history, best = resumed
     model.train()
-    for step in range(cfg.steps):
+    for step in range(start, cfg.steps):
         xs, ys, ds = _split_batch(next(src), device)
         xt, _, _ = _split_batch(next(tgt), device)
         learner.set_lr(step)
@@ -624,6 +815,8 @@ def train(
         done = step + 1
         if done % cfg.eval_every and done != cfg.steps:
             continue
+        learner.sync_buffers()
+        stats = dict(zip(stats, _mean_over_processes(list(stats.values()), env, device)))  # same on every rank
         val = evaluate(model, source_val, batch_size=cfg.eval_batch_size, device=device)
         record: dict[str, Any] = {"step": done, **{f"train/{k}": v for k, v in stats.items()}}
         record.update({f"source_val/{k}": v for k, v in val.items()})
@@ -633,6 +826,7 @@ def train(
             score = tst["ensemble"]
         else:
             score = val["ensemble"] if cfg.select_on == "source" else float(done)
+        (score,) = _mean_over_processes([score], env, device)  # one selection decision on every rank
         history.append(record)
         if logger is not None:
             logger.log(**record)
@@ -640,15 +834,23 @@ def train(
             best = (score, done, copy.deepcopy(unwrap(model).state_dict()))
             if ckpt is not None:
                 ckpt.save(done, model=model, extra={"selected_on": cfg.select_on, "score": score}, name="best.pt")
+        if ckpt is not None:
+            selection = {"score": best[0], "step": best[1], "state": None if best[1] == done else best[2]}
+            extra = {
+                "learner": learner.state_dict(),
+                "loaders": {"source": src.state_dict(), "target": tgt.state_dict()},
+                "history": history,
+                "best": selection,
+            }
+            ckpt.save(done, model=model, optimizer=learner.opt_g, extra=extra)
     assert best is not None
     unwrap(model).load_state_dict(best[2])
-    if env is not None and env.is_distributed:
-        model.backbone = unwrap(model.backbone)  # type: ignore[assignment]
     val = evaluate(model, source_val, batch_size=cfg.eval_batch_size, device=device)
     tst = evaluate(model, target_test, batch_size=cfg.eval_batch_size, device=device)
     if logger is not None:
         logger.log(step=best[1], selected=True, select_on=cfg.select_on, **{f"final/{k}": v for k, v in tst.items()})
-    return TrainResult(best[1], val, tst, cfg.select_on, history, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    return TrainResult(best[1], val, tst, cfg.select_on, history, seconds, resumed_at=start if resumed else None)
 
 
 def train_with_self_training(
@@ -661,12 +863,25 @@ def train_with_self_training(
     config: TrainConfig,
     out_dir: str | Path | None = None,
     env: DistEnv | None = None,
+    run_config: Mapping[str, Any] | None = None,
 ) -> tuple[TrainResult, TrainResult]:
     """DRT+ST: train, pseudo-label the target samples with confidence > ``config.st_threshold`` (0.8), then train
     again (``config.st_steps`` steps, same method) with the source samples plus the pseudo-labelled target samples.
-    Returns (first-stage result, self-training result)."""
+    Returns (first-stage result, self-training result).
+
+    With ``out_dir`` both stages resume (:func:`train`): the first stage from ``out_dir/checkpoints/last.pt`` (a
+    finished first stage is only re-evaluated, so the pseudo labels come out the same), the second from
+    ``out_dir/self_training/checkpoints/last.pt``."""
     first = train(
-        model, sources, target, source_val=source_val, target_test=target_test, config=config, out_dir=out_dir, env=env
+        model,
+        sources,
+        target,
+        source_val=source_val,
+        target_test=target_test,
+        config=config,
+        out_dir=out_dir,
+        env=env,
+        run_config=run_config,
     )
     idx, labels = pseudo_labels(model, target, threshold=config.st_threshold, device=config.device)
     log.info("self-training: %d of %d target samples above confidence %.2f", len(idx), len(target), config.st_threshold)  # type: ignore[arg-type]
@@ -686,6 +901,7 @@ def train_with_self_training(
         config=st_cfg,
         out_dir=None if out_dir is None else Path(out_dir) / "self_training",
         env=env,
+        run_config=run_config,
     )
     second.pseudo_labels = len(idx)
     return first, second

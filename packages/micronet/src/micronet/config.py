@@ -18,22 +18,28 @@ a block; Micro-Block-A has only the depthwise and output positions, here act2/ac
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, NamedTuple
 
 __all__ = [
     "ACTIVATION_KINDS",
     "CONFIGS",
+    "PATH_WIDTHS",
+    "TABLE_4_2",
     "ActSpec",
     "BlockRow",
     "HeadSpec",
     "MicroNetConfig",
+    "PathWidths",
     "StemSpec",
+    "Table42Row",
     "get_config",
     "mobilenet_to_micronet_path",
     "sharp_variant",
     "with_activations",
     "with_relu",
+    "with_widths",
 ]
 
 ActKind = Literal["none", "relu", "relu6", "dsm", "static", "dyrelu", "se_relu"]
@@ -349,15 +355,95 @@ def _regular(row: BlockRow) -> BlockRow:
     return replace(row, kind="C", dw_multipliers=(1, 1), g1=g, g2=g, act1=RELU6)
 
 
-def mobilenet_to_micronet_path(base: MicroNetConfig | None = None) -> dict[str, MicroNetConfig]:
+@dataclass(frozen=True)
+class PathWidths:
+    """The widths of one model of the Table 4.2 path, on M2's block layout (stem, kernels, strides, groups, head and
+    activations stay): ``couts`` and ``hidden`` list every block but the last pointwise row, ``last`` is C_last.
+    An A-row's ``hidden`` must be Cin·c1·c2 (its expanding depthwise conv fixes it)."""
+
+    couts: tuple[int, ...]
+    hidden: tuple[int, ...]
+    last: int
+
+
+def with_widths(config: MicroNetConfig, widths: PathWidths, *, name: str | None = None) -> MicroNetConfig:
+    """``config`` with every block's output and expanded width (and C_last) taken from ``widths``; each block's Cin
+    follows from the previous block's Cout."""
+    body = config.blocks[:-1]
+    if config.blocks[-1].kind != "last":
+        raise ValueError(f"with_widths: config {config.name} does not end with a 'last' pointwise row")
+    if len(widths.couts) != len(body) or len(widths.hidden) != len(body):
+        raise ValueError(
+            f"with_widths: config {config.name} has {len(body)} blocks before the last row, widths give "
+            f"{len(widths.couts)} couts and {len(widths.hidden)} hidden widths"
+        )
+    if min((*widths.couts, *widths.hidden, widths.last)) <= 0:
+        raise ValueError(f"with_widths: every width must be positive, got {widths}")
+    rows, cin = [], config.stem.out_channels
+    for i, (row, cout, hidden) in enumerate(zip(body, widths.couts, widths.hidden, strict=True)):
+        if row.kind == "A" and hidden != cin * row.dw_multipliers[0] * row.dw_multipliers[1]:
+            raise ValueError(
+                f"with_widths: block {i + 1} is an A-row with Cin={cin} and multipliers {row.dw_multipliers}, so its "
+                f"hidden width is {cin * row.dw_multipliers[0] * row.dw_multipliers[1]}, not {hidden}"
+            )
+        rows.append(replace(row, cin=cin, cout=cout, hidden=hidden))
+        cin = cout
+    rows.append(replace(config.blocks[-1], cin=cin, cout=widths.last))
+    return replace(config, name=name or config.name, blocks=tuple(rows), released_name="")
+
+
+class Table42Row(NamedTuple):
+    """A row of thesis Table 4.2 as printed: parameters, MAdds (224×224) and ImageNet top-1 (%)."""
+
+    params: float
+    madds: float
+    top1: float
+
+
+TABLE_4_2: dict[str, Table42Row] = {
+    "mobile": Table42Row(1.3e6, 10.6e6, 44.9),
+    "+dw": Table42Row(1.7e6, 10.6e6, 46.4),
+    "+pw": Table42Row(1.7e6, 10.6e6, 50.0),
+    "+lite": Table42Row(1.8e6, 10.5e6, 51.7),
+    "+static_shift_max": Table42Row(1.9e6, 11.8e6, 54.4),
+    "+dynamic_shift_max": Table42Row(2.4e6, 12.4e6, 58.5),
+}
+
+# Widths that bring the four Shift-Max-free rows of Table 4.2 to the table's MAdds (conv+FC convention: convs and FCs
+# only, one 224×224 image, dyncore.complexity.count_madds with elementwise=False; the same as every other convention
+# that counts no element-wise work, since these rows have no Shift-Max). Derived from M2's widths by one factor per
+# row, then written out here as data:
+# * dense pointwise rows (mobile, +dw): the MobileNet width multiplier α on every block output, expanded width and
+#   C_last, each round(α·w/4)·4 (at least 4): α = 0.39 (mobile), 0.41 (+dw). Dense 1×1 convs cost ≈4× the group
+#   convs, so these rows are much narrower than M2.
+# * group pointwise rows (+pw, +lite): M2's block outputs and C_last, the expanded width of every C-row × β, rounded
+#   to a multiple of lcm(g1, g2, g3): β = 0.86 (+pw), 1.14 (+lite). A-rows of +lite keep Cin·4.
+# fmt: off
+PATH_WIDTHS: dict[str, PathWidths] = {
+    # row:              Cout of blocks 1–8                   expanded width (hidden) of blocks 1–8   C_last
+    "mobile": PathWidths((4, 8, 8, 12, 12, 24, 36, 48),       (12, 20, 24, 56, 76, 76, 148, 224),        300),
+    "+dw":    PathWidths((4, 8, 8, 12, 12, 28, 40, 52),       (12, 20, 28, 60, 80, 80, 156, 236),        316),
+    "+pw":    PathWidths((12, 16, 24, 32, 32, 64, 96, 128),   (28, 40, 56, 120, 168, 168, 328, 504),     768),
+    "+lite":  PathWidths((12, 16, 24, 32, 32, 64, 96, 128),   (32, 48, 64, 168, 216, 216, 440, 648),     768),
+}
+# fmt: on
+
+
+def mobilenet_to_micronet_path(
+    base: MicroNetConfig | None = None, *, widths: Mapping[str, PathWidths] | None = None
+) -> dict[str, MicroNetConfig]:
     """The path of Table 4.2 as configs derived from M2 (rows from MobileNet to MicroNet).
 
-    ``mobile`` (k×k depthwise, full pointwise, ReLU6) → ``+dw`` (factorised depthwise) → ``+pw`` (group-adaptive
-    pointwise with shuffles) → ``+lite`` (lite combination in the A-rows; = M2 with ReLU) → ``+static_shift_max``
-    → ``+dynamic_shift_max`` (= M2). The thesis re-tuned widths so that rows 1–4 cost ≈10.6M MAdds; here widths are
-    kept and the counts are reported as they come out (:func:`micronet.complexity.complexity`).
+    ``mobile`` (k×k depthwise, full pointwise, ReLU6; MobileNetV2's inverted bottleneck without SE) → ``+dw``
+    (factorised depthwise) → ``+pw`` (group-adaptive pointwise with shuffles) → ``+lite`` (lite combination in the
+    A-rows, ReLU) → ``+static_shift_max`` → ``+dynamic_shift_max`` (= M2).
+
+    The thesis re-tuned widths so that rows 1–4 cost 10.6/10.6/10.6/10.5M MAdds; ``widths`` (default
+    :data:`PATH_WIDTHS` for M2, none for another ``base``) sets them per row (:func:`with_widths`); a row without an
+    entry keeps M2's widths. The two Shift-Max rows keep M2's widths: ``+dynamic_shift_max`` is the released M2.
     """
     m2 = M2 if base is None else base
+    row_widths: Mapping[str, PathWidths] = (PATH_WIDTHS if base is None else {}) if widths is None else widths
     lite = with_relu(m2)
     regular = tuple(_regular(r) for r in lite.blocks)
     dense = tuple(replace(r, g1=1, g2=1, g3=1, g4=1) if r.kind == "C" else replace(r, g1=1, g2=1) for r in regular)
@@ -370,7 +456,10 @@ def mobilenet_to_micronet_path(base: MicroNetConfig | None = None) -> dict[str, 
         "+static_shift_max": with_activations(m2, a1="static", a2="static", a3="static", name="path_static_shift_max"),
         "+dynamic_shift_max": m2,
     }
-    return path
+    unknown = sorted(set(row_widths) - set(path))
+    if unknown:
+        raise ValueError(f"mobilenet_to_micronet_path: widths for unknown rows {unknown}; rows are {list(path)}")
+    return {key: with_widths(cfg, row_widths[key]) if key in row_widths else cfg for key, cfg in path.items()}
 
 
 CONFIGS: dict[str, MicroNetConfig] = {c.name: c for c in (M0, M1, M2, M3, M1_SHARP, M2_SHARP, M3_SHARP)}

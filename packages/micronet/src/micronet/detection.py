@@ -5,8 +5,11 @@
   BackboneWithFPN`` so it drops into :func:`faster_rcnn` (Faster R-CNN + FPN) and :func:`retinanet`.
 * :class:`MicroNetPose` — the keypoint model: blocks that would reach stride 32 run at stride 16 (×2 resolution), a
   head of three Micro-Blocks (one at stride 8, two at stride 4) with bilinear upsampling, and a 1×1 conv to 17
-  heatmaps; input 256×192 → heatmaps 64×48. (The spatial attention of DY-ReLU [90] used by the thesis is not
-  included.)
+  heatmaps; input 256×192 → heatmaps 64×48. Every dynamic activation of the head is spatial-aware
+  (:class:`SpatialAwareShiftMax`): "the spatial attention mechanism of [90] is used" (Section 4.7; [90] = DY-ReLU).
+* :class:`SpatialAttention` / :class:`SpatialAwareShiftMax` — the spatial branch of DY-ReLU-C (Chen et al. 2020,
+  "Dynamic ReLU", the spatial- and channel-wise variant, which that paper finds best in keypoint heads) applied to
+  the Eq. 4.4 family (Dynamic Shift-Max, Dynamic ReLU).
 """
 
 from __future__ import annotations
@@ -22,10 +25,22 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
+from dyncore.surgery import by_type, replace_modules
 from micronet.config import BlockRow, MicroNetConfig, dsm, get_config
+from micronet.layers import DynamicShiftMax, StaticShiftMax
 from micronet.model import MicroBlock, MicroNet, Stem
 
-__all__ = ["MicroNetFPNBackbone", "MicroNetPose", "faster_rcnn", "pose_config", "retinanet"]
+__all__ = [
+    "MicroNetFPNBackbone",
+    "MicroNetPose",
+    "SpatialAttention",
+    "SpatialAwareShiftMax",
+    "faster_rcnn",
+    "gaussian_heatmaps",
+    "pose_config",
+    "retinanet",
+    "spatial_aware",
+]
 
 
 def _resolve(config: MicroNetConfig | str) -> MicroNetConfig:
@@ -140,11 +155,113 @@ def _head_row(cin: int, cout: int, hidden: int, groups: int) -> BlockRow:
     )
 
 
+class SpatialAttention(nn.Module):
+    """Spatial attention of DY-ReLU-C (Chen et al. 2020, Dynamic ReLU, spatial- and channel-wise variant).
+
+    z = W ∗ x                                    (a 1×1 conv C → 1, no bias: a softmax ignores a constant shift)
+    π_{h,w}(x) = min(1, (H·W/τ) · exp(z_{h,w}) / Σ_{h',w'} exp(z_{h',w'}))
+
+    The softmax runs over the H×W positions of each sample; scaling by H·W/τ makes a uniform map equal 1/τ at every
+    position, and the clip at 1 lets at most H·W/τ positions reach full strength (the unclipped values sum to
+    H·W/τ). Values lie in [0, 1]; clipped positions pass no gradient to z. The conv weight starts at zero (uniform
+    π = min(1, 1/τ)); :meth:`reset_parameters` restores that after a model-wide re-initialisation.
+
+    Args:
+        channels: C of the input.
+        tau: τ > 0 (default 3: a uniform map gives 1/3 and a position saturates once it holds ≥ 3/(H·W) of the
+            softmax mass).
+
+    Shapes: (B, C, H, W) → π (B, 1, H, W).
+    """
+
+    def __init__(self, channels: int, *, tau: float = 3.0) -> None:
+        super().__init__()
+        if not isinstance(channels, int) or channels <= 0:
+            raise ValueError(f"SpatialAttention: channels must be a positive int, got {channels!r}")
+        if not tau > 0:
+            raise ValueError(f"SpatialAttention: tau must be positive, got {tau!r}")
+        self.channels, self.tau = channels, float(tau)
+        self.conv = nn.Conv2d(channels, 1, 1, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.conv.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"SpatialAttention: expected input (B, {self.channels}, H, W), got shape {tuple(x.shape)}")
+        b, _, h, w = x.shape
+        mass = torch.softmax(self.conv(x).flatten(1), dim=1)  # (B, H·W), sums to 1 per sample
+        return (mass * (h * w / self.tau)).clamp(max=1.0).view(b, 1, h, w)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, tau={self.tau:g}"
+
+
+class SpatialAwareShiftMax(nn.Module):
+    """A Shift-Max-family activation (Eq. 4.4) made spatial-aware the DY-ReLU-C way: every channel-wise coefficient
+    is multiplied by the spatial attention of :class:`SpatialAttention` computed from the same input,
+
+        a^k_{i,j}(x)  →  π_{h,w}(x) · a^k_{i,j}(x),
+        y_{i,h,w} = max_k Σ_j π_{h,w}(x) a^k_{i,j}(x) x^j_{i,h,w} = π_{h,w}(x) · max_k Σ_j a^k_{i,j}(x) x^j_{i,h,w},
+
+    the second form because π ≥ 0 factors out of the sum, the max (and the optional ReLU of SE+ReLU). It is
+    computed that way: one (B, 1, H, W) map times the wrapped activation's output, no per-pixel coefficients.
+    With J = 1 (:class:`~micronet.layers.DynamicReLU`) this is DY-ReLU-C without intercepts.
+
+    Args:
+        activation: a :class:`~micronet.layers.DynamicShiftMax` (or its J = 1 subclasses) or
+            :class:`~micronet.layers.StaticShiftMax`.
+        tau: τ of :class:`SpatialAttention`.
+
+    Shapes: (B, C, H, W) → (B, C, H, W).
+    """
+
+    def __init__(self, activation: nn.Module, *, tau: float = 3.0) -> None:
+        super().__init__()
+        if not isinstance(activation, (DynamicShiftMax, StaticShiftMax)):
+            raise TypeError(
+                "SpatialAwareShiftMax: activation must be a DynamicShiftMax/StaticShiftMax (coefficients that scale "
+                f"linearly), got {type(activation).__name__}"
+            )
+        self.activation = activation
+        self.attention = SpatialAttention(activation.channels, tau=tau)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.attention(x) * self.activation(x)
+
+
+def spatial_aware(module: nn.Module, *, tau: float = 3.0) -> nn.Module:
+    """Wrap every Shift-Max-family activation inside ``module`` in :class:`SpatialAwareShiftMax` (in place, via
+    :func:`dyncore.surgery.replace_modules`); returns ``module``. Raises ``SurgeryError`` if there is none."""
+    if any(isinstance(m, SpatialAwareShiftMax) for m in module.modules()):
+        raise ValueError(f"spatial_aware: {type(module).__name__} already holds SpatialAwareShiftMax activations")
+    replace_modules(
+        module,
+        by_type(DynamicShiftMax, StaticShiftMax),
+        lambda name, act: SpatialAwareShiftMax(act, tau=tau),
+    )
+    return module
+
+
 class MicroNetPose(nn.Module):
     """Keypoint model (Section 4.7): MicroNet at output stride 16 → upsample ×2 → Micro-Block (stride 8) →
     upsample ×2 → 2 Micro-Blocks (stride 4) → 1×1 conv → ``num_keypoints`` heatmaps.
 
-    Shapes: (B, 3, 256, 192) → (B, 17, 64, 48).
+    The head's Micro-Blocks carry Dynamic Shift-Max at A1/A2/A3; with ``spatial_attention`` (default) each of them is
+    a :class:`SpatialAwareShiftMax` (coefficients × π_{h,w}(x), DY-ReLU-C), "the spatial attention mechanism of
+    [90]" that the thesis uses in this model. The backbone's activations stay channel-wise only (the DY-ReLU paper
+    finds channel-wise variants suited to the backbone, the spatial variant to the head), so the backbone is the
+    classification MicroNet's blocks at a different stride.
+
+    Args:
+        config: MicroNet config (or name) of the backbone.
+        num_keypoints: heatmaps produced.
+        head_channels / head_hidden / groups: width, expanded width and group count of the head blocks.
+        spatial_attention: make the head's dynamic activations spatial-aware.
+        tau: τ of :class:`SpatialAttention`.
+
+    Shapes: (B, 3, H, W), H and W ≥ 16 → (B, num_keypoints, H/4, W/4); (B, 3, 256, 192) → (B, 17, 64, 48).
     """
 
     def __init__(
@@ -155,9 +272,12 @@ class MicroNetPose(nn.Module):
         head_channels: int = 64,
         head_hidden: int = 192,
         groups: int = 8,
+        spatial_attention: bool = True,
+        tau: float = 3.0,
     ) -> None:
         super().__init__()
         cfg = pose_config(config)
+        self.in_channels = cfg.stem.in_channels
         self.stem = Stem(cfg.stem)
         self.blocks = nn.Sequential(*[MicroBlock(r) for r in cfg.blocks])
         c = cfg.last_channels
@@ -168,8 +288,13 @@ class MicroNetPose(nn.Module):
         )
         self.final = nn.Conv2d(head_channels, num_keypoints, 1)
         MicroNet.reset_parameters(self)  # type: ignore[arg-type]
+        if spatial_attention:  # after the re-init, so the attention convs keep their zero (uniform π) start
+            spatial_aware(self.head8, tau=tau)
+            spatial_aware(self.head4, tau=tau)
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"MicroNetPose: expected input (B, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
         if x.shape[-2] < 16 or x.shape[-1] < 16:
             raise ValueError(f"MicroNetPose: input {tuple(x.shape[-2:])} is smaller than the total stride 16")
         f = self.blocks(self.stem(x))

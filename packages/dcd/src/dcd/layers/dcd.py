@@ -11,11 +11,18 @@ Application (``mode``): "featurewise" runs every term on the features (per pixel
 sample through :func:`dyncore.nn.low_rank_conv2d`. In eval mode the BNs are affine, so the stabilised form folds into
 Φ_eff = diag(a₂)·Φ·diag(a₁) + diag(a₁) and a per-sample bias, and both forms give the same output. In training the
 stabilised form needs the batch statistics of the latent features, so it always runs feature-wise.
+
+Inference (eval mode, no autograd): everything that does not depend on x is folded once into an
+:class:`InferencePlan` — the BNs of the stabilised form, hsig2's affine part, the per-sample bias P·vec(x) (one more
+head of the branch, as it is linear in the branch's hidden features), a following BN folded by :meth:`fold_bn` — so a
+layer costs the pooling, three small Linears and the convolution(s). The plan is rebuilt whenever a parameter or
+buffer changes (tensor version counters), so it is never stale.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,9 +30,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dcd.rules import check_latent, paper_latent, scale_latent, squeeze_width
-from dyncore.nn import CoefficientBranch, check_channels, check_mode, check_rank, low_rank_conv2d, low_rank_madds
+from dyncore.nn import (
+    ApplyMode,
+    CoefficientBranch,
+    check_channels,
+    check_mode,
+    check_rank,
+    conv2d_per_sample,
+    low_rank_conv2d,
+    low_rank_madds,
+)
 
-__all__ = ["VARIANTS", "DynamicConvDecomposition", "bn_affine", "dynamic_per_sample"]
+__all__ = ["VARIANTS", "DynamicConvDecomposition", "InferencePlan", "bn_affine", "dynamic_per_sample"]
 
 VARIANTS = ("full", "lambda", "residual")
 
@@ -61,6 +77,39 @@ def _block_diag(blocks: Tensor) -> Tensor:
     return out.reshape(*lead, nb * r, nb * c)
 
 
+@dataclass(frozen=True)
+class InferencePlan:
+    """x-independent constants of a DCD layer's eval/no-grad forward (see the module docstring).
+
+    The branch becomes ``h = FC(pool(x))``, ``h = h ⊙ clamp(G'h + 1, 0, 2)`` (hsig2 with its 1/3 folded into G') and
+    one Linear to ``[Λ logits' | vec Φ_eff | per-sample bias]`` (rows ``splits``), with Λ = clamp(·, 0, 2).
+
+    Attributes:
+        sources: every parameter and buffer of the layer when the plan was built.
+        key: their (version, data pointer) pairs then; the plan is current while they are unchanged.
+        fc_w, fc_b: first branch FC, (S, F) and (S,) or None.
+        gate_w, gate_b: the gate FC with hsig2's affine part folded in, or None when the branch has no gate.
+        head_w, head_b: fused heads, (n, S) and (n,).
+        splits: sizes of the Λ, Φ_eff and bias blocks of the fused head output (0 when absent).
+        w0: W0 (C_out, C_in, k, k); w0q: cat(W0, Q) for a 1×1 layer whose W0 and Q read the same pixels, else None.
+        p, q: P (C_out, L) and Qᵀ (L, C_in), or None without the low-rank residual.
+    """
+
+    sources: tuple[Tensor, ...]
+    key: tuple[tuple[int, int], ...]
+    fc_w: Tensor
+    fc_b: Tensor | None
+    gate_w: Tensor | None
+    gate_b: Tensor | None
+    head_w: Tensor
+    head_b: Tensor
+    splits: tuple[int, int, int]
+    w0: Tensor
+    w0q: Tensor | None
+    p: Tensor | None
+    q: Tensor | None
+
+
 class DynamicConvDecomposition(nn.Module):
     """Dynamic convolution decomposition (Eq. 3.6 / 3.7; k×k: channel fusion alone).
 
@@ -77,7 +126,9 @@ class DynamicConvDecomposition(nn.Module):
         blocks: B diagonal blocks of the dynamic residual (Eq. 3.7); each block has L/B latent channels.
         stabilised: the released P(BN(Φ·BN(Qx)) + BN(Qx)) form (default) or the plain equation.
         fusion_bn_init: initial γ of BN(Φ·z) in the stabilised form (1 as released; 0 = start from ΛW0 + PQᵀ).
-        mode: "featurewise" or "synthesis".
+        mode: "featurewise", "synthesis" or "auto" (default): in training the feature-wise form (the stabilised BNs
+            need batch statistics); in eval, per call, kernel synthesis for a single sample when it costs fewer MAdds
+            than the feature-wise residual (large maps, few channels), else feature-wise — see :meth:`apply_mode`.
 
     Shapes: x (B, C_in, H, W) → (B, C_out, H', W').
     """
@@ -104,7 +155,7 @@ class DynamicConvDecomposition(nn.Module):
         blocks: int = 1,
         stabilised: bool = True,
         fusion_bn_init: float = 1.0,
-        mode: str = "featurewise",
+        mode: str = "auto",
     ) -> None:
         super().__init__()
         who = type(self).__name__
@@ -137,7 +188,7 @@ class DynamicConvDecomposition(nn.Module):
         self.stabilised = stabilised
         self.fusion_bn_init = fusion_bn_init
         self.blocks = blocks
-        self.mode = check_mode(mode)
+        self.mode = mode if mode == "auto" else check_mode(mode)
         self.use_lambda = variant in ("full", "lambda")
         self.use_residual = variant in ("full", "residual")
 
@@ -173,6 +224,7 @@ class DynamicConvDecomposition(nn.Module):
             in_channels, heads, hidden=squeeze, pool=pool, hidden_activation="gate", output=outputs, bias=False
         )
         self.register_buffer("shift", None)
+        self._plan: InferencePlan | None = None
         self.reset_parameters()
 
     @classmethod
@@ -223,6 +275,29 @@ class DynamicConvDecomposition(nn.Module):
         )
 
     # ------------------------------------------------------------------------------------------------------------------
+    def apply_mode(self, batch: int, out_hw: tuple[int, int]) -> ApplyMode:
+        """The application form for a batch of ``batch`` samples with output grid ``out_hw``.
+
+        An explicit ``mode`` is returned as is. ``"auto"``: synthesis only for a single sample (a per-sample grouped
+        conv is slow per MAdd on CPU) and only when building the kernel, (Λ·W0: O·I·k²) + (PΦ_eff)Qᵀ: O·L² + O·L·I,
+        costs fewer MAdds than the feature-wise residual, H'W'·(L·I + L² + O·L) (+ O·H'W' for Λ)."""
+        if self.mode != "auto":
+            return self.mode  # type: ignore[return-value]
+        if batch != 1 or not self.use_residual:
+            return "featurewise"
+        o, i, lat = self.out_channels, self.in_channels, self.latent
+        pixels = out_hw[0] * out_hw[1]
+        featurewise = pixels * (lat * i + lat * lat + o * lat + (o if self.use_lambda else 0))
+        synthesis = o * lat * (lat + i) + (o * i * self.kernel_size**2 if self.use_lambda else 0)
+        return "synthesis" if synthesis < featurewise else "featurewise"
+
+    def _out_hw(self, x: Tensor) -> tuple[int, int]:
+        span = self.dilation * (self.kernel_size - 1)
+        h, w = x.shape[-2:]
+        return (h + 2 * self.padding - span - 1) // self.stride + 1, (
+            w + 2 * self.padding - span - 1
+        ) // self.stride + 1
+
     def coefficients(self, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """Λ(x) (B, C_out) or None, and block-diagonal Φ(x) (B, L, L) or None."""
         out = self.branch(x)
@@ -292,6 +367,10 @@ class DynamicConvDecomposition(nn.Module):
         return phi_eff, extra if bias is None else extra + bias
 
     def forward(self, x: Tensor) -> Tensor:
+        if not (self.training or torch.is_grad_enabled()) and self.blocks == 1:
+            check_rank(x, (4,), type(self).__name__)
+            check_channels(x, self.in_channels, type(self).__name__)
+            return self._inference_forward(x)
         y = self._forward(x)
         if self.shift is None:
             return y
@@ -303,15 +382,16 @@ class DynamicConvDecomposition(nn.Module):
         lam, phi = self.coefficients(x)
         if phi is None:
             return self._static(x, lam)
-        if (self.stabilised and self.training) or (self.mode == "featurewise" and self.blocks > 1):
+        mode = "featurewise" if self.training else self.apply_mode(x.shape[0], self._out_hw(x))
+        if (self.stabilised and self.training) or (mode == "featurewise" and self.blocks > 1):
             return self.forward_released(x, lam, phi)
         phi_eff, bias = self.effective(lam, phi)
         p, q = self._full_pq()
-        if self.mode == "featurewise" and _no_grad(x, phi_eff):
+        if mode == "featurewise" and _no_grad(x, phi_eff):
             return self._featurewise_inference(x, lam, phi_eff, bias, p, q)
         return low_rank_conv2d(
             x, p, phi_eff, q, static_weight=self.weight, static_scale=lam, bias=bias,
-            stride=self.stride, padding=self.padding, dilation=self.dilation, mode=self.mode,
+            stride=self.stride, padding=self.padding, dilation=self.dilation, mode=mode,
         )  # fmt: skip
 
     def _featurewise_inference(
@@ -327,6 +407,152 @@ class DynamicConvDecomposition(nn.Module):
         u = torch.bmm(phi_eff, z.flatten(2))  # (B, L, H'W')
         y.flatten(2).baddbmm_(p.expand(x.shape[0], -1, -1), u)
         return y if bias is None else y.add_(bias[:, :, None, None])
+
+    # ------------------------------------------------------------------------------------------------------------------
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name != "_plan" and isinstance(value, (Tensor, nn.Module)):
+            self._plan = None  # a parameter, buffer or sub-module replaced: rebuild the inference plan
+
+    def inference_plan(self) -> InferencePlan:
+        """The folded constants of the no-grad eval forward, rebuilt when any parameter or buffer has changed
+        (in place — an optimizer step, ``load_state_dict``, BN statistics — or moved by ``.to()``)."""
+        plan = self._plan
+        if plan is not None and plan.key == tuple((t._version, t.data_ptr()) for t in plan.sources):
+            return plan
+        with torch.inference_mode(False), torch.no_grad():
+            self._plan = plan = self._build_plan()
+        return plan
+
+    def _build_plan(self) -> InferencePlan:
+        br = self.branch
+        if br.fc is None:
+            raise RuntimeError(f"{type(self).__name__}: the dynamic branch has no hidden layer")
+        w0 = self.weight.detach().clone()
+        like = {"dtype": w0.dtype, "device": w0.device}
+        hidden = br.fc.out_features
+        gate_w = gate_b = None
+        if br.gate is not None:  # hsig2(t) = clamp(t/3 + 1, 0, 2)
+            gate_w = br.gate.weight / 3.0
+            gate_b = (0.0 if br.gate.bias is None else br.gate.bias / 3.0) + torch.ones(hidden, **like)
+        rows_w: list[Tensor] = []
+        rows_b: list[Tensor] = []
+        n_lam = n_phi = 0
+        if self.use_lambda:
+            head = br.heads["scale"]
+            rows_w.append(head.weight / 3.0)
+            rows_b.append((0.0 if head.bias is None else head.bias / 3.0) + torch.ones(self.out_channels, **like))
+            n_lam = self.out_channels
+        bias_w = torch.zeros(self.out_channels, hidden, **like)
+        bias_b = torch.zeros(self.out_channels, **like) if self.shift is None else self.shift.detach().clone()
+        if self.bias is not None and not self.use_lambda:
+            bias_b = bias_b + self.bias
+        p = q = None
+        if self.use_residual:
+            lat = self.latent
+            head = br.heads["phi"]
+            wp = head.weight.reshape(lat, lat, hidden)
+            bp = torch.zeros(lat, lat, **like) if head.bias is None else head.bias.reshape(lat, lat)
+            p, q = self.p.detach().flatten(1).clone(), self.q.detach().flatten(1).clone()
+            if self.stabilised:  # Φ_eff = diag(a₂)Φdiag(a₁) + diag(a₁); bias P(a₂⊙(Φc₁) + c₂ + c₁) (see effective)
+                a1, c1 = bn_affine(self.bn_q)
+                a2, c2 = bn_affine(self.bn_phi)
+                scale = a2[:, None] * a1[None, :]
+                rows_w.append((wp * scale[:, :, None]).reshape(lat * lat, hidden))
+                rows_b.append((bp * scale + torch.diag(a1)).reshape(-1))
+                m_w = (wp * c1[None, :, None]).sum(1)  # Φ(x)c₁ = m_w·h + m_b
+                m_b = (bp * c1).sum(1)
+                bias_w = p @ (a2[:, None] * m_w)
+                bias_b = bias_b + p @ (a2 * m_b + c2 + c1)
+            else:
+                rows_w.append(wp.reshape(lat * lat, hidden))
+                rows_b.append(bp.reshape(-1))
+            n_phi = lat * lat
+        rows_w.append(bias_w)
+        rows_b.append(bias_b)
+        w0q = None
+        if self.use_residual and self.kernel_size == 1 and self.inner_padding == self.padding:
+            w0q = torch.cat([w0, self.q.detach()]).contiguous()
+        fc_b = None if br.fc.bias is None else br.fc.bias.detach().clone()
+        sources = (*self.parameters(), *self.buffers())
+        return InferencePlan(
+            sources=sources, key=tuple((t._version, t.data_ptr()) for t in sources),
+            fc_w=br.fc.weight.detach().clone(), fc_b=fc_b, gate_w=gate_w, gate_b=gate_b,
+            head_w=torch.cat(rows_w).contiguous(), head_b=torch.cat(rows_b).contiguous(),
+            splits=(n_lam, n_phi, self.out_channels), w0=w0, w0q=w0q, p=p, q=q,
+        )  # fmt: skip
+
+    def _inference_forward(self, x: Tensor) -> Tensor:
+        """Eval/no-grad forward through :meth:`inference_plan`; equals the stabilised/plain forms (tests)."""
+        plan = self.inference_plan()
+        n, _, h, w = x.shape
+        if self.branch.pool == 1:
+            pooled = x.mean((2, 3))
+        elif h >= 2 and w >= 2:  # the 2×2 regions of dyncore's CoefficientBranch, without its checks
+            pooled = F.avg_pool2d(x, ((h + 1) // 2, (w + 1) // 2), (h // 2, w // 2)).flatten(1)
+        else:
+            pooled = self.branch.pooled(x)
+        hidden = F.linear(pooled, plan.fc_w, plan.fc_b)
+        if plan.gate_w is not None:
+            hidden = hidden * F.linear(hidden, plan.gate_w, plan.gate_b).clamp_(0.0, 2.0)
+        elif self.branch.hidden_activation == "relu":
+            hidden = hidden.relu_()
+        coeffs = F.linear(hidden, plan.head_w, plan.head_b)
+        n_lam, n_phi, _ = plan.splits
+        lam = coeffs[:, :n_lam].clamp_(0.0, 2.0) if n_lam else None
+        bias = coeffs[:, n_lam + n_phi :]
+        if lam is not None and self.bias is not None:
+            bias = torch.addcmul(bias, lam, self.bias)
+        lat = self.latent
+        phi = coeffs[:, n_lam : n_lam + n_phi].reshape(n, lat, lat) if n_phi else None
+        if self.apply_mode(n, self._out_hw(x)) == "synthesis":
+            return self._synthesis_inference(x, plan, lam, phi, bias)
+        if plan.w0q is not None:
+            y, z = F.conv2d(x, plan.w0q, None, self.stride, self.padding, self.dilation).split(
+                [self.out_channels, lat], dim=1
+            )
+        else:
+            y = F.conv2d(x, plan.w0, None, self.stride, self.padding, self.dilation)
+            z = None
+        if lam is not None:
+            y.mul_(lam[:, :, None, None])
+        if phi is not None:
+            assert plan.p is not None and plan.q is not None
+            if z is None:
+                z = F.conv2d(x, plan.q[:, :, None, None], None, self.stride, self.inner_padding, self.dilation)
+            if n == 1:  # y += P·(Φ_eff·z) as two plain GEMMs
+                y.view(self.out_channels, -1).addmm_(plan.p, phi[0] @ z.reshape(lat, -1))
+            else:
+                y.flatten(2).baddbmm_(plan.p.expand(n, -1, -1), torch.bmm(phi, z.flatten(2)))
+        return y.add_(bias[:, :, None, None])
+
+    def _synthesis_inference(
+        self, x: Tensor, plan: InferencePlan, lam: Tensor | None, phi: Tensor | None, bias: Tensor
+    ) -> Tensor:
+        """One kernel per sample, Λ·W0 + PΦ_effQᵀ on the centre tap; a single sample runs a plain conv."""
+        n, k = x.shape[0], self.kernel_size
+        c = k // 2
+        if n == 1:
+            w = plan.w0 if lam is None else plan.w0 * lam.reshape(-1, 1, 1, 1)
+            if phi is not None:
+                assert plan.p is not None and plan.q is not None
+                pphi = plan.p @ phi[0]
+                if k == 1:
+                    w = torch.addmm(w.flatten(1), pphi, plan.q)
+                    if self.stride == 1 and self.padding == 0:  # a 1×1 conv of one sample is one GEMM
+                        y = torch.addmm(bias[0, :, None], w, x.reshape(x.shape[1], -1))
+                        return y.reshape(1, self.out_channels, *x.shape[2:])
+                    w = w[:, :, None, None]
+                else:
+                    w = w.clone() if lam is None else w
+                    w[:, :, c, c] += pphi @ plan.q
+            return F.conv2d(x, w, bias[0], self.stride, self.padding, self.dilation)
+        w = plan.w0.expand(n, *plan.w0.shape) if lam is None else plan.w0 * lam[:, :, None, None, None]
+        if phi is not None:
+            assert plan.p is not None and plan.q is not None
+            w = w.clone() if lam is None else w
+            w[:, :, :, c, c] += torch.matmul(plan.p, phi) @ plan.q
+        return conv2d_per_sample(x, w, bias, stride=self.stride, padding=self.padding, dilation=self.dilation)
 
     # ------------------------------------------------------------------------------------------------------------------
     def branch_madds(self) -> int:
@@ -368,3 +594,4 @@ class DynamicConvDecomposition(nn.Module):
             self.p.mul_(s[:, None, None, None])
         # t must not be scaled by Λ: it goes to a Λ-free shift added after everything.
         self.shift = t.clone() if self.shift is None else s * self.shift + t
+        self._plan = None

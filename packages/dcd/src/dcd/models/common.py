@@ -35,7 +35,9 @@ class DynamicConfig:
         latent_mult: multiplier on every rule's L (Table 3.2).
         blocks: B diagonal blocks of the dynamic residual (Eq. 3.7).
         stabilised: released BN-stabilised form (True) or the plain Eq. 3.6.
-        mode: "featurewise" or "synthesis" for every dynamic layer (see :func:`dcd.set_apply_mode`).
+        mode: "auto" (default), "featurewise" or "synthesis" for every dynamic layer (see :func:`dcd.set_apply_mode`);
+            "auto" lets each DCD layer pick per call (:meth:`DynamicConvDecomposition.apply_mode`) and means
+            "featurewise" for the other dynamic layers.
         pointwise, depthwise, classifier: DCD at PW / DW (Eq. 3.8) / CLS layers (Table 3.3b; default PW + CLS).
         kxk: ResNet k×k form: "channel" (channel fusion alone, released) or "joint" (Eq. 3.9).
         fc_squeeze: MobileNetV2 S divisor (16 for ×1.0, 8 for ×0.5/×0.35).
@@ -48,7 +50,7 @@ class DynamicConfig:
     latent_mult: float = 1.0
     blocks: int = 1
     stabilised: bool = True
-    mode: str = "featurewise"
+    mode: str = "auto"
     pointwise: bool = True
     depthwise: bool = False
     classifier: bool = True
@@ -64,8 +66,15 @@ class DynamicConfig:
             raise ValueError(f"DynamicConfig.variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.kxk not in ("channel", "joint"):
             raise ValueError(f"DynamicConfig.kxk must be 'channel' or 'joint', got {self.kxk!r}")
+        if self.mode not in ("auto", "featurewise", "synthesis"):
+            raise ValueError(f"DynamicConfig.mode must be 'auto', 'featurewise' or 'synthesis', got {self.mode!r}")
         if not self.latent_mult > 0:
             raise ValueError(f"DynamicConfig.latent_mult must be positive, got {self.latent_mult}")
+
+    @property
+    def fixed_mode(self) -> str:
+        """The mode of layers without an "auto" rule (depthwise/joint DCD, DY-Conv, CondConv)."""
+        return "featurewise" if self.mode == "auto" else self.mode
 
     def with_(self, **changes: Any) -> DynamicConfig:
         return replace(self, **changes)
@@ -82,16 +91,24 @@ class DynamicConfig:
         """A DY-Conv or CondConv layer (``kind`` must be one of them)."""
         if self.kind == "dyconv":
             return DynamicConv2d(
-                in_ch, out_ch, kernel_size, stride=stride, groups=groups, temperature=self.temperature, mode=self.mode
+                in_ch,
+                out_ch,
+                kernel_size,
+                stride=stride,
+                groups=groups,
+                temperature=self.temperature,
+                mode=self.fixed_mode,
             )
-        return CondConv2d(in_ch, out_ch, kernel_size, stride=stride, groups=groups, mode=self.mode)
+        return CondConv2d(in_ch, out_ch, kernel_size, stride=stride, groups=groups, mode=self.fixed_mode)
 
     def depthwise_dcd(self, channels: int, kernel_size: int, stride: int) -> nn.Module:
-        return DepthwiseDCD(channels, kernel_size, stride=stride, use_lambda=self.variant != "residual", mode=self.mode)
+        return DepthwiseDCD(
+            channels, kernel_size, stride=stride, use_lambda=self.variant != "residual", mode=self.fixed_mode
+        )
 
     def joint_dcd(self, in_ch: int, out_ch: int, kernel_size: int, stride: int) -> nn.Module:
         return JointFusionDCD(
-            in_ch, out_ch, kernel_size, stride=stride, use_lambda=self.variant != "residual", mode=self.mode
+            in_ch, out_ch, kernel_size, stride=stride, use_lambda=self.variant != "residual", mode=self.fixed_mode
         )
 
     def dcd_classifier(self, in_features: int, num_classes: int) -> nn.Module:
