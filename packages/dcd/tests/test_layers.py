@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -174,6 +176,51 @@ def test_inference_plan_equals_autograd_path(
         torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.quick
+@pytest.mark.parametrize("variant, stride, bias", [("full", 1, False), ("full", 2, True), ("residual", 1, True)])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_training_by_synthesis_equals_released_form(variant: str, stride: int, bias: bool, momentum: float | None):
+    """Stabilised training forward by per-sample synthesis == the released feature-wise computation: outputs, every
+    gradient and the BN running statistics (float64: the moments route loses a little precision in float32)."""
+    torch.manual_seed(3)
+    released = DynamicConvDecomposition(8, 12, 1, stride=stride, bias=bias, variant=variant, mode="featurewise")
+    released = released.double()
+    _randomise_branch(released)
+    _randomise_bns(released)
+    for m in released.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = momentum
+    synthesis = copy.deepcopy(released)
+    synthesis.mode = "synthesis"
+    x = torch.randn(4, 8, 6, 5, dtype=torch.float64)
+    outs, grads = [], []
+    for layer in (released, synthesis):
+        layer.train()
+        xi = x.clone().requires_grad_(True)
+        for _ in range(2):  # two steps: running statistics accumulate
+            y = layer(xi)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        outs.append(y)
+        grads.append([xi.grad, *(p.grad for p in layer.parameters())])
+    assert synthesis._train_by_synthesis(x) and not released._train_by_synthesis(x)
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-10, rtol=1e-9)
+    for a, b in zip(grads[0], grads[1]):
+        if a is None:
+            assert b is None or not b.any()
+        else:
+            torch.testing.assert_close(b, a, atol=1e-10, rtol=1e-8)
+    for (name, a), (_, b) in zip(released.named_buffers(), synthesis.named_buffers()):
+        torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-10, msg=name)
+
+
+def test_training_form_rule() -> None:
+    layer = DynamicConvDecomposition(16, 96, 1).train()  # L = 4
+    assert layer._train_by_synthesis(torch.empty(2, 16, 56, 56))  # O·L·HW = 1.2M > L²HW + L(L+O)I = 56k
+    late = DynamicConvDecomposition(480, 80, 1).train()  # L = 30
+    assert not late._train_by_synthesis(torch.empty(2, 480, 7, 7))  # 118k < 44k + 1.6M
+    assert not DynamicConvDecomposition(16, 96, 3).train()._train_by_synthesis(torch.empty(2, 16, 56, 56))
+
+
 def test_inference_plan_is_rebuilt_when_parameters_change() -> None:
     torch.manual_seed(1)
     layer = DynamicConvDecomposition(8, 12, 1, latent=4).eval()
@@ -200,7 +247,10 @@ def test_auto_mode_picks_the_cheaper_form() -> None:
     layer = DynamicConvDecomposition(16, 96, 1).eval()  # L = 4: synthesis costs O·L·(L + I) + O·I ≈ 9.2k
     assert layer.apply_mode(1, (28, 28)) == "synthesis"  # feature-wise: 784·(64 + 16 + 384 + 96) ≈ 439k
     assert layer.apply_mode(1, (1, 1)) == "featurewise"  # feature-wise: 560 per sample
-    assert layer.apply_mode(4, (28, 28)) == "featurewise"  # batches avoid the per-sample grouped conv
+    assert layer.apply_mode(4, (28, 28)) == "synthesis"  # a batch of 1×1 kernels is one batched GEMM
+    kxk = DynamicConvDecomposition(16, 96, 3).eval()
+    assert kxk.apply_mode(1, (28, 28)) == "synthesis"
+    assert kxk.apply_mode(4, (28, 28)) == "featurewise"  # batches of k×k kernels would need a grouped conv
     fixed = DynamicConvDecomposition(16, 96, 1, mode="synthesis")
     assert fixed.apply_mode(4, (1, 1)) == "synthesis"
     with pytest.raises(ValueError, match="unknown application mode"):

@@ -7,7 +7,8 @@
    * inference form, both run the same way: BNs folded, each DCD layer in the form measured fastest
      (:func:`dcd.inference.inference_form` via :func:`dyncore.nn.fastest_mode`), eager and exported to ONNX Runtime
      (1 intra-op thread).
-2. Training step time (batch 64, 2 threads) of DCD, DY-Conv and CondConv ×0.5 (and static), interleaved rounds.
+2. Training step time (batch 64, 2 threads) of DCD (default "auto" form, and the released feature-wise form), DY-Conv
+   and CondConv ×0.5 (and static), interleaved rounds.
 """
 
 from __future__ import annotations
@@ -108,17 +109,22 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(0)
     xb = torch.randn(batch, 3, tsize, tsize, generator=gen)
     yb = torch.randint(0, 1000, (batch,), generator=gen)
+    # DCD in its default "auto" form (stabilised training by per-sample synthesis where cheaper) and in the released
+    # feature-wise form; DY-Conv / CondConv by kernel synthesis, their faster form here.
     cases = {}
-    for kind in ("static", "dcd", "dyconv", "condconv"):
-        model = mobilenetv2(width_mult=width, cfg=DynamicConfig(
-            kind=kind, mode="featurewise" if kind in ("static", "dcd") else "synthesis",
-            fc_squeeze=16 if width >= 1 else 8))  # fmt: skip
-        cases[kind] = (model, lambda: (xb, yb), F.cross_entropy)
-    ips = compare_train_throughput(cases, threads=2, rounds=1 if quick else 2, steps=1 if quick else 2, warmup=1)
+    for name, kind, mode in (("static", "static", "featurewise"), ("dcd", "dcd", "auto"),
+                             ("dcd_featurewise", "dcd", "featurewise"), ("dyconv", "dyconv", "synthesis"),
+                             ("condconv", "condconv", "synthesis")):  # fmt: skip
+        model = mobilenetv2(
+            width_mult=width, cfg=DynamicConfig(kind=kind, mode=mode, fc_squeeze=16 if width >= 1 else 8)
+        )
+        cases[name] = (model, lambda: (xb, yb), F.cross_entropy)
+    ips = compare_train_throughput(cases, threads=2, rounds=1 if quick else 3, steps=1 if quick else 2, warmup=1)
     step_ms = {k: 1000.0 * batch / v for k, v in ips.items()}
     details.update(train_step_ms=step_ms, train_batch=batch, train_size=tsize, threads_train=2)
     for other in ("static", "dyconv", "condconv"):
         ratios[f"train_step_dcd_over_{other}"] = step_ms["dcd"] / step_ms[other]
+    ratios["train_step_dcd_featurewise_over_static"] = step_ms["dcd_featurewise"] / step_ms["static"]
     details["dcd_fastest_dynamic_train"] = step_ms["dcd"] < min(step_ms["dyconv"], step_ms["condconv"])
     seconds = time.perf_counter() - t0
     write_bench(run.path, package="dcd", ratios=ratios, details=details, seconds=seconds)

@@ -278,18 +278,24 @@ class DynamicConvDecomposition(nn.Module):
     def apply_mode(self, batch: int, out_hw: tuple[int, int]) -> ApplyMode:
         """The application form for a batch of ``batch`` samples with output grid ``out_hw``.
 
-        An explicit ``mode`` is returned as is. ``"auto"``: synthesis only for a single sample (a per-sample grouped
-        conv is slow per MAdd on CPU) and only when building the kernel, (Λ·W0: O·I·k²) + (PΦ_eff)Qᵀ: O·L² + O·L·I,
-        costs fewer MAdds than the feature-wise residual, H'W'·(L·I + L² + O·L) (+ O·H'W' for Λ)."""
+        An explicit ``mode`` is returned as is. ``"auto"``: synthesis when building the kernel, (Λ·W0: O·I·k²) +
+        (PΦ_eff)Qᵀ: O·L² + O·L·I, costs fewer MAdds than the feature-wise residual, H'W'·(L·I + L² + O·L) (+ O·H'W'
+        for Λ) — for a batch only on 1×1 layers, whose per-sample kernels run as one batched GEMM (a k×k layer would
+        need a per-sample grouped conv, slow per MAdd on CPU)."""
         if self.mode != "auto":
             return self.mode  # type: ignore[return-value]
-        if batch != 1 or not self.use_residual:
+        if not self.use_residual or (batch != 1 and not self._gemm_form):
             return "featurewise"
         o, i, lat = self.out_channels, self.in_channels, self.latent
         pixels = out_hw[0] * out_hw[1]
         featurewise = pixels * (lat * i + lat * lat + o * lat + (o if self.use_lambda else 0))
         synthesis = o * lat * (lat + i) + (o * i * self.kernel_size**2 if self.use_lambda else 0)
         return "synthesis" if synthesis < featurewise else "featurewise"
+
+    @property
+    def _gemm_form(self) -> bool:
+        """A 1×1 layer without padding: per-sample kernels apply as one batched GEMM on the (strided) input."""
+        return self.kernel_size == 1 and self.padding == 0
 
     def _out_hw(self, x: Tensor) -> tuple[int, int]:
         span = self.dilation * (self.kernel_size - 1)
@@ -382,8 +388,12 @@ class DynamicConvDecomposition(nn.Module):
         lam, phi = self.coefficients(x)
         if phi is None:
             return self._static(x, lam)
+        if self.training and self.stabilised:
+            if self._train_by_synthesis(x):
+                return self._forward_train_synthesis(x, lam, phi)
+            return self.forward_released(x, lam, phi)
         mode = "featurewise" if self.training else self.apply_mode(x.shape[0], self._out_hw(x))
-        if (self.stabilised and self.training) or (mode == "featurewise" and self.blocks > 1):
+        if mode == "featurewise" and self.blocks > 1:
             return self.forward_released(x, lam, phi)
         phi_eff, bias = self.effective(lam, phi)
         p, q = self._full_pq()
@@ -393,6 +403,84 @@ class DynamicConvDecomposition(nn.Module):
             x, p, phi_eff, q, static_weight=self.weight, static_scale=lam, bias=bias,
             stride=self.stride, padding=self.padding, dilation=self.dilation, mode=mode,
         )  # fmt: skip
+
+    def _train_by_synthesis(self, x: Tensor) -> bool:
+        """Whether the stabilised training forward runs by synthesis (:meth:`_forward_train_synthesis`).
+
+        Only 1×1 layers without blocks (and without SyncBatchNorm); ``mode="synthesis"`` forces it, ``"featurewise"``
+        forbids it, and ``"auto"`` takes it when it costs fewer MAdds per sample: the feature-wise form pays P·u at
+        every pixel (O·L·H'W'), synthesis pays z's second moments (L²·H'W') and the kernel PMQᵀ (L²·I + O·L·I)."""
+        if not self._gemm_form or self.blocks != 1 or self.mode == "featurewise":
+            return False
+        if isinstance(self.bn_q, nn.SyncBatchNorm) or isinstance(self.bn_phi, nn.SyncBatchNorm):
+            return False  # cross-process statistics: the released computation with SyncBatchNorm itself
+        if self.mode == "synthesis":
+            return True
+        o, i, lat = self.out_channels, self.in_channels, self.latent
+        h, w = self._out_hw(x)
+        return lat * lat * h * w + lat * (lat + o) * i < o * lat * h * w
+
+    def _forward_train_synthesis(self, x: Tensor, lam: Tensor | None, phi: Tensor) -> Tensor:
+        """The stabilised form in training, y = Λ⊙(W0x + b) + P(BN1d(Φ·BN2d(z)) + BN2d(z)), z = Qx, computed by
+        per-sample kernel synthesis (1×1 layers, B = 1).
+
+        Both BNs normalise with batch statistics, which follow from z's per-sample moments: m_b = E_hw[z_b] and
+        C_b = E_hw[z_b z_bᵀ] give BN2d's mean/variance (a₁, c₁), then ẑ = a₁⊙z + c₁ has E[ẑ] = a₁⊙m_b + c₁ and
+        E[ẑẑᵀ] = D C_b D + E[ẑ]E[ẑ]ᵀ − (Dm_b)(Dm_b)ᵀ (D = diag a₁), and Φ_bẑ has mean Φ_bE[ẑ] and second moment
+        diag(Φ_b E[ẑẑᵀ] Φ_bᵀ), which give BN1d's (a₂, c₂). Then u = (diag(a₂)Φ_b + I)(D z + c₁) + c₂ = M_b z + v_b and
+        y_b = (Λ_b⊙W0 + P M_b Q) x_b + Λ_b⊙b + P v_b: one (C_out × C_in) kernel per sample applied as a batched GEMM.
+        The per-pixel P·u of the released computation (C_out·L·H'W') is never formed. Outputs, gradients and the BN
+        running statistics equal :meth:`forward_released` (tests)."""
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        n, c, h, w = x.shape
+        xf = x.reshape(n, c, h * w)
+        q = self.q.flatten(1)  # (L, I)
+        z = torch.matmul(q, xf)  # (n, L, HW)
+        m = z.mean(2)  # (n, L)
+        cov = torch.bmm(z, z.transpose(1, 2)) / (h * w)  # (n, L, L)
+        mean1 = m.mean(0)
+        var1 = torch.diagonal(cov, dim1=1, dim2=2).mean(0) - mean1 * mean1
+        a1, c1 = self._batch_affine(self.bn_q, mean1, var1, n * h * w)
+        mh = a1 * m + c1  # E[ẑ] per sample
+        dm = a1 * m
+        second = a1[:, None] * cov * a1[None, :] + mh[:, :, None] * mh[:, None, :] - dm[:, :, None] * dm[:, None, :]
+        mean_v = torch.bmm(phi, mh[:, :, None])[..., 0]  # (n, L)
+        sq_v = (torch.bmm(phi, second) * phi).sum(2)  # diag(Φ S Φᵀ)
+        mean2 = mean_v.mean(0)
+        var2 = sq_v.mean(0) - mean2 * mean2
+        a2, c2 = self._batch_affine(self.bn_phi, mean2, var2, n * h * w)
+        eye = torch.eye(self.latent, dtype=x.dtype, device=x.device)
+        gain = a2[None, :, None] * phi + eye  # diag(a₂)Φ_b + I
+        v = torch.bmm(gain, c1.expand(n, -1)[:, :, None])[..., 0] + c2  # (n, L)
+        p = self.p.flatten(1)  # (O, L)
+        kernel = torch.matmul(p, torch.matmul(gain * a1[None, None, :], q))  # (n, O, I)
+        w0 = self.weight.flatten(1)
+        kernel = kernel + (w0 if lam is None else lam[:, :, None] * w0)
+        bias = v @ p.t()
+        if self.bias is not None:
+            bias = bias + (self.bias if lam is None else lam * self.bias)
+        return torch.baddbmm(bias[:, :, None], kernel, xf).reshape(n, self.out_channels, h, w)
+
+    @staticmethod
+    def _batch_affine(
+        bn: nn.modules.batchnorm._BatchNorm, mean: Tensor, var: Tensor, count: int
+    ) -> tuple[Tensor, Tensor]:
+        """A training-mode BN as y = a·x + c from batch statistics; updates its running statistics like BatchNorm."""
+        if bn.training and bn.track_running_stats and bn.running_mean is not None and bn.running_var is not None:
+            with torch.no_grad():
+                assert bn.num_batches_tracked is not None
+                bn.num_batches_tracked.add_(1)
+                f = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+                bn.running_mean.mul_(1 - f).add_(mean.detach(), alpha=f)
+                bn.running_var.mul_(1 - f).add_(var.detach() * (count / max(count - 1, 1)), alpha=f)
+        a = torch.rsqrt(var + bn.eps)
+        if bn.weight is not None:
+            a = a * bn.weight
+        c = -mean * a
+        if bn.bias is not None:
+            c = c + bn.bias
+        return a, c
 
     def _featurewise_inference(
         self, x: Tensor, lam: Tensor | None, phi_eff: Tensor, bias: Tensor | None, p: Tensor, q: Tensor
@@ -547,6 +635,15 @@ class DynamicConvDecomposition(nn.Module):
                     w = w.clone() if lam is None else w
                     w[:, :, c, c] += pphi @ plan.q
             return F.conv2d(x, w, bias[0], self.stride, self.padding, self.dilation)
+        if k == 1 and self.padding == 0:  # the batch of 1×1 kernels as one batched GEMM
+            w2 = plan.w0.flatten(1)
+            w = w2.expand(n, *w2.shape) if lam is None else lam[:, :, None] * w2
+            if phi is not None:
+                assert plan.p is not None and plan.q is not None
+                w = w + torch.matmul(plan.p, phi) @ plan.q
+            xs = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
+            y = torch.baddbmm(bias[:, :, None], w, xs.reshape(n, xs.shape[1], -1))
+            return y.reshape(n, self.out_channels, *xs.shape[2:])
         w = plan.w0.expand(n, *plan.w0.shape) if lam is None else plan.w0 * lam[:, :, None, None, None]
         if phi is not None:
             assert plan.p is not None and plan.q is not None
