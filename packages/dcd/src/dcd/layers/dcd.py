@@ -46,10 +46,14 @@ __all__ = ["VARIANTS", "DynamicConvDecomposition", "InferencePlan", "bn_affine",
 VARIANTS = ("full", "lambda", "residual")
 
 
-def bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
-    """Eval-mode BN as y = a·x + c: returns (a, c), each (C,)."""
-    var = bn.running_var if bn.running_var is not None else torch.ones(bn.num_features)
-    mean = bn.running_mean if bn.running_mean is not None else torch.zeros(bn.num_features)
+def bn_affine(
+    bn: nn.modules.batchnorm._BatchNorm, mean: Tensor | None = None, var: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """A BN as y = a·x + c with the given statistics (default: its running ones, i.e. eval mode): (a, c), each (C,)."""
+    if var is None:
+        var = bn.running_var if bn.running_var is not None else torch.ones(bn.num_features)
+    if mean is None:
+        mean = bn.running_mean if bn.running_mean is not None else torch.zeros(bn.num_features)
     a = torch.rsqrt(var + bn.eps)
     if bn.weight is not None:
         a = a * bn.weight
@@ -474,13 +478,7 @@ class DynamicConvDecomposition(nn.Module):
                 f = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
                 bn.running_mean.mul_(1 - f).add_(mean.detach(), alpha=f)
                 bn.running_var.mul_(1 - f).add_(var.detach() * (count / max(count - 1, 1)), alpha=f)
-        a = torch.rsqrt(var + bn.eps)
-        if bn.weight is not None:
-            a = a * bn.weight
-        c = -mean * a
-        if bn.bias is not None:
-            c = c + bn.bias
-        return a, c
+        return bn_affine(bn, mean, var)
 
     def _featurewise_inference(
         self, x: Tensor, lam: Tensor | None, phi_eff: Tensor, bias: Tensor | None, p: Tensor, q: Tensor
