@@ -213,6 +213,19 @@ def test_training_by_synthesis_equals_released_form(variant: str, stride: int, b
         torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-10, msg=name)
 
 
+def test_training_by_synthesis_is_stable_in_float32() -> None:
+    """Post-ReLU inputs (mean ≫ std) at the classifier's 1×1 resolution: the centred moments keep float32 accurate."""
+    torch.manual_seed(4)
+    released = DCDClassifier(32, 10, latent=8, squeeze=8, mode="featurewise")
+    _randomise_branch(released)
+    synthesis = copy.deepcopy(released)
+    synthesis.mode = "synthesis"
+    x = torch.rand(64, 32) * 0.02 + 6.0  # like pooled ReLU6 features: mean ≫ spread
+    y_r, y_s = released.train()(x), synthesis.train()(x)
+    torch.testing.assert_close(y_s, y_r, atol=2e-4 * float(y_r.abs().max()), rtol=1e-3)
+    torch.testing.assert_close(synthesis.bn_q.running_var, released.bn_q.running_var, rtol=1e-3, atol=1e-6)
+
+
 def test_training_form_rule() -> None:
     layer = DynamicConvDecomposition(16, 96, 1).train()  # L = 4
     assert layer._train_by_synthesis(torch.empty(2, 16, 56, 56))  # O·L·HW = 1.2M > L²HW + L(L+O)I = 56k

@@ -47,6 +47,23 @@ def test_featurewise_equals_synthesis(kind: str, groups: int) -> None:
 
 
 @pytest.mark.quick
+@pytest.mark.parametrize("kind", ["routing", "combination"])
+@pytest.mark.parametrize(("stride", "size"), [(1, (9, 9)), (2, (9, 8)), (2, (8, 7))])
+def test_gemm_form_equals_synthesis(kind: str, stride: int, size: tuple[int, int]) -> None:
+    """W0 as the plain conv + ΔW(x) as a per-sample GEMM on the centre-tap pixels == the synthesised kernel."""
+    torch.manual_seed(1)
+    cfg = DynamicResidualConfig(kind=kind, num_bases=3, zero_init=False)
+    layer = DynamicResidualConv2d(8, 6, 3, stride=stride, padding=1, config=cfg, context_channels=5).double()
+    x = torch.randn(3, 8, *size, dtype=torch.double, requires_grad=True)
+    ctx = torch.randn(3, 5, 4, 4, dtype=torch.double)
+    y_g, g_g = _grads(layer, x, ctx, "gemm")
+    y_s, g_s = _grads(layer, x, ctx, "synthesis")
+    torch.testing.assert_close(y_g, y_s)
+    for a, b in zip(g_g, g_s):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.quick
 def test_zero_init_wraps_conv_exactly_and_keeps_keys() -> None:
     torch.manual_seed(0)
     conv = nn.Conv2d(6, 10, 3, padding=1, bias=True)
@@ -123,10 +140,15 @@ def test_madds_protocol_counts_synthesis_and_featurewise() -> None:
 def test_apply_mode_rule_and_explicit_choice() -> None:
     model = nn.Sequential(DynamicResidualConv2d(3, 4, 3, padding=1), DynamicResidualConv2d(4, 4, 3, padding=1))
     layer = model[0]
-    assert layer.apply_mode(1) == "synthesis" and layer.apply_mode(64) == "featurewise"
+    assert layer.apply_mode(1) == "gemm" and layer.apply_mode(64) == "gemm"  # 1×1 bases, ungrouped: the GEMM form
+    grouped = DynamicResidualConv2d(4, 4, 3, padding=1, groups=2)
+    assert grouped.apply_mode(1) == "synthesis" and grouped.apply_mode(64) == "featurewise"
     assert set_apply_mode(model, "featurewise") == 2
     assert [m.apply_mode(1) for _, m in dynamic_residual_layers(model)] == ["featurewise", "featurewise"]
     best = tune_apply_mode(model, torch.randn(2, 3, 8, 8), repeats=1)
-    assert best in ("synthesis", "featurewise") and layer.config.apply == best
+    assert best in ("synthesis", "featurewise", "gemm") and layer.config.apply == best
+    set_apply_mode(grouped, "gemm")
+    with pytest.raises(ValueError, match="apply='gemm' needs 1×1 bases on an ungrouped conv"):
+        grouped(torch.randn(1, 4, 5, 5))
     with pytest.raises(ValueError, match="apply must be one of"):
         set_apply_mode(model, "fastest")  # type: ignore[arg-type]

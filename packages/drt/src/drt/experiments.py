@@ -289,8 +289,9 @@ def madds_overhead(depth: int = 50, num_bases: int = 4, *, size: int = 224) -> d
 
 
 def run_bench(out_dir: str | Path, *, quick: bool = False, threads: int = 2, log: Any = print) -> dict[str, Any]:
-    """ResNet-50-DRT ÷ ResNet-50: MAdds (kernel synthesis and feature-wise conventions) and CPU latency at batch 1
-    and batch 32 (interleaved rounds, dyncore.bench); writes ``out_dir/bench.json``."""
+    """ResNet-50-DRT ÷ ResNet-50: MAdds (kernel synthesis and feature-wise conventions) and CPU latency of the GEMM,
+    synthesis and feature-wise forms at batch 1 and batch 32 (interleaved rounds, dyncore.bench); writes
+    ``out_dir/bench.json``."""
     from torchvision.models import resnet50
 
     from drt.layers import set_apply_mode
@@ -319,7 +320,7 @@ def run_bench(out_dir: str | Path, *, quick: bool = False, threads: int = 2, log
     for batch in (1, big):
         x = torch.randn(batch, 3, size, size)
         cases: dict[str, tuple[Any, tuple[Any, ...]]] = {"static": (static, (x,))}
-        for mode in ("synthesis", "featurewise"):
+        for mode in ("gemm", "synthesis", "featurewise"):
             twin = drt_resnet50().eval()
             set_apply_mode(twin, mode)  # type: ignore[arg-type]
             cases[f"drt_{mode}"] = (twin, (x,))
@@ -332,6 +333,7 @@ def run_bench(out_dir: str | Path, *, quick: bool = False, threads: int = 2, log
         "params": p_dyn / p_static,
     }
     for key, res in lat.items():
+        ratios[f"latency_{key}_gemm"] = res["drt_gemm"] / res["static"]
         ratios[f"latency_{key}_synthesis"] = res["drt_synthesis"] / res["static"]
         ratios[f"latency_{key}_featurewise"] = res["drt_featurewise"] / res["static"]
     details = {

@@ -33,6 +33,7 @@ from dyncore.nn import (
     expert_mixture_conv2d,
     expert_mixture_madds,
     fastest_mode,
+    pointwise_per_sample,
 )
 
 __all__ = [
@@ -48,7 +49,7 @@ __all__ = [
 
 ResidualKind = Literal["attention", "routing", "combination"]
 RESIDUAL_KINDS: tuple[str, ...] = get_args(ResidualKind)
-ApplyChoice = Literal["auto", "synthesis", "featurewise"]
+ApplyChoice = Literal["auto", "synthesis", "featurewise", "gemm"]
 APPLY_CHOICES: tuple[str, ...] = get_args(ApplyChoice)
 
 
@@ -63,8 +64,10 @@ class DynamicResidualConfig:
         reduction: hidden width of the coefficient branch is C_context // reduction (16 in the released code) ...
         min_hidden: ... but never below this (a 3-channel image input would otherwise give 0).
         zero_init: Φ_k start at zero, so a converted model computes exactly its static twin at initialisation.
-        apply: ``"synthesis"``, ``"featurewise"`` or ``"auto"`` (synthesis for batches ≤ ``synthesis_max_batch``,
-            feature-wise above; :func:`tune_apply_mode` replaces the rule by a measurement).
+        apply: ``"synthesis"``, ``"featurewise"``, ``"gemm"`` (W0 as the plain conv, ΔW(x) synthesised per sample
+            and applied as one batched GEMM; 1×1 bases on an ungrouped conv) or ``"auto"`` (``"gemm"`` where it
+            applies — the fastest on CPU at batch 1 and 32 — else synthesis for batches ≤ ``synthesis_max_batch``
+            and feature-wise above; :func:`tune_apply_mode` replaces the rule by a measurement).
         synthesis_max_batch: the batch threshold of ``"auto"``.
     """
 
@@ -202,11 +205,55 @@ class DynamicResidualConv2d(nn.Conv2d):
                 nn.init.kaiming_uniform_(self.bases[k], a=5**0.5)
 
     # ------------------------------------------------------------------------------------------------------------------
-    def apply_mode(self, batch: int) -> ApplyMode:
-        """The application form used for a batch of ``batch`` samples (explicit, or the ``"auto"`` batch rule)."""
-        if self.config.apply != "auto":
-            return self.config.apply  # type: ignore[return-value]
+    def apply_mode(self, batch: int) -> ApplyMode | Literal["gemm"]:
+        """The application form used for a batch of ``batch`` samples: the configured one, or under ``"auto"`` the
+        GEMM form where it applies (1×1 bases on an ungrouped conv; the fastest on CPU at batch 1 and 32, see the
+        README), else synthesis for batches ≤ ``synthesis_max_batch`` and feature-wise above."""
+        apply = self.config.apply
+        if apply == "gemm" and not self.gemm_applies:
+            raise ValueError(
+                "DynamicResidualConv2d: apply='gemm' needs 1×1 bases on an ungrouped conv whose padding does not "
+                f"exceed its centre offset, got bases {tuple(self.bases.shape) if self.bases is not None else None}, "
+                f"groups={self.groups}, padding={self.padding}"
+            )
+        if apply != "auto":
+            return apply  # type: ignore[return-value]
+        if self.gemm_applies:
+            return "gemm"
         return "synthesis" if batch <= self.config.synthesis_max_batch else "featurewise"
+
+    @property
+    def _int_padding(self) -> tuple[int, int]:
+        pad = self.padding
+        assert not isinstance(pad, str)  # numeric padding is checked at construction
+        return int(pad[0]), int(pad[1])
+
+    @property
+    def gemm_applies(self) -> bool:
+        """Whether the GEMM form can run: 1×1 bases, groups = 1, and the centre tap reads inside the input."""
+        return (
+            self.bases is not None
+            and self.bases.shape[-1] == 1
+            and self.groups == 1
+            and all(d * (k // 2) >= p for d, k, p in zip(self.dilation, self.kernel_size, self._int_padding))
+        )
+
+    def _forward_gemm(self, x: Tensor, pi: Tensor, scale: Tensor | None) -> Tensor:
+        """W0 ∗ x as the plain conv, and ΔW(x) = Σ_k π_k Φ_k synthesised per sample (K·C_out·C_in) and applied to
+        the pixels W0's centre tap reads as one batched GEMM (:func:`dyncore.nn.pointwise_per_sample`): no
+        per-sample k×k kernel is written, at C_out·C_in per output pixel extra (1/k² of W0's conv)."""
+        assert self.bases is not None
+        y = self._conv_forward(x, self.weight, None)
+        if scale is not None:
+            y = y * scale[:, :, None, None]
+        n = x.shape[0]
+        delta = (pi @ self.bases.flatten(1)).view(n, self.out_channels, self.in_channels)
+        oh, ow = (d * (k // 2) - p for d, k, p in zip(self.dilation, self.kernel_size, self._int_padding))
+        if self.stride[0] != self.stride[1]:
+            raise ValueError(f"DynamicResidualConv2d: the GEMM form needs a square stride, got {self.stride}")
+        r = pointwise_per_sample(x[:, :, oh:, ow:], delta, stride=self.stride[0])
+        y = y + r[:, :, : y.shape[2], : y.shape[3]]
+        return y if self.bias is None else y + self.bias[None, :, None, None]
 
     def dynamic_coefficients(self, context: Tensor) -> dict[str, Tensor]:
         """π (B, K) under "routing" and Λ (B, C_out) under "attention" from the context tensor."""
@@ -214,7 +261,9 @@ class DynamicResidualConv2d(nn.Conv2d):
         assert isinstance(out, dict)
         return out
 
-    def forward(self, x: Tensor, context: Tensor | None = None, *, mode: ApplyMode | None = None) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        self, x: Tensor, context: Tensor | None = None, *, mode: ApplyMode | Literal["gemm"] | None = None
+    ) -> Tensor:
         """y = (W0 + ΔW(context)) ∗ x + b; ``mode`` overrides the configured application form."""
         if x.dim() != 4:
             raise ValueError(f"DynamicResidualConv2d: expected x of shape (B, C, H, W), got {tuple(x.shape)}")
@@ -224,7 +273,7 @@ class DynamicResidualConv2d(nn.Conv2d):
                 f"DynamicResidualConv2d: context batch {ctx.shape[0]} does not match input batch {x.shape[0]}"
             )
         coeffs = self.dynamic_coefficients(ctx)
-        mode = mode or self.apply_mode(x.shape[0])
+        mode = mode or self.apply_mode(x.shape[0])  # type: ignore[assignment]
         scale = None
         if "attention" in coeffs:
             scale = 1.0 + coeffs["attention"]  # W0 + Λ·W0 (Eq. 6.3)
@@ -236,6 +285,8 @@ class DynamicResidualConv2d(nn.Conv2d):
                 return y if self.bias is None else y + self.bias[None, :, None, None]
         else:
             experts, pi = self.bases, coeffs["routing"]
+            if mode == "gemm":
+                return self._forward_gemm(x, pi, scale)
         return expert_mixture_conv2d(
             x,
             experts,
@@ -353,16 +404,21 @@ def set_apply_mode(model: nn.Module, apply: ApplyChoice) -> int:
 
 
 def tune_apply_mode(model: nn.Module, *example: Tensor, repeats: int = 3) -> ApplyMode:
-    """Measure the whole model under both forms on ``example`` (dyncore.nn.fastest_mode) and fix the faster one."""
+    """Measure the whole model under every form on ``example`` (dyncore.nn.fastest_mode) and fix the fastest
+    (``"gemm"`` is a candidate when every dynamic residual of the model supports it)."""
 
     def run(mode: ApplyMode) -> object:
         set_apply_mode(model, mode)
         return model(*example)
 
+    modes = tuple(APPLY_MODES)
+    layers = [layer for _, layer in dynamic_residual_layers(model)]
+    if layers and all(layer.gemm_applies for layer in layers):
+        modes = (*modes, "gemm")
     was_training = model.training
     model.eval()
     try:
-        best = fastest_mode(run, tuple(APPLY_MODES), repeats=repeats)  # type: ignore[arg-type]
+        best = fastest_mode(run, modes, repeats=repeats)  # type: ignore[arg-type]
     finally:
         model.train(was_training)
     set_apply_mode(model, best)

@@ -39,6 +39,7 @@ from dyncore.nn import (
     conv2d_per_sample,
     low_rank_conv2d,
     low_rank_madds,
+    pointwise_per_sample,
 )
 
 __all__ = ["VARIANTS", "DynamicConvDecomposition", "InferencePlan", "bn_affine", "dynamic_per_sample"]
@@ -428,11 +429,12 @@ class DynamicConvDecomposition(nn.Module):
         """The stabilised form in training, y = Λ⊙(W0x + b) + P(BN1d(Φ·BN2d(z)) + BN2d(z)), z = Qx, computed by
         per-sample kernel synthesis (1×1 layers, B = 1).
 
-        Both BNs normalise with batch statistics, which follow from z's per-sample moments: m_b = E_hw[z_b] and
-        C_b = E_hw[z_b z_bᵀ] give BN2d's mean/variance (a₁, c₁), then ẑ = a₁⊙z + c₁ has E[ẑ] = a₁⊙m_b + c₁ and
-        E[ẑẑᵀ] = D C_b D + E[ẑ]E[ẑ]ᵀ − (Dm_b)(Dm_b)ᵀ (D = diag a₁), and Φ_bẑ has mean Φ_bE[ẑ] and second moment
-        diag(Φ_b E[ẑẑᵀ] Φ_bᵀ), which give BN1d's (a₂, c₂). Then u = (diag(a₂)Φ_b + I)(D z + c₁) + c₂ = M_b z + v_b and
-        y_b = (Λ_b⊙W0 + P M_b Q) x_b + Λ_b⊙b + P v_b: one (C_out × C_in) kernel per sample applied as a batched GEMM.
+        Both BNs normalise with batch statistics, which follow from z's per-sample moments: m_b = E_hw[z_b] and the
+        centred C_b = Cov_hw(z_b) give BN2d's mean E_b[m_b] and variance E_b[diag C_b] + Var_b(m_b) (a₁, c₁); then
+        ẑ = a₁⊙z + c₁ has mean a₁⊙m_b + c₁ and covariance D C_b D (D = diag a₁), so Φ_bẑ has mean Φ_b(a₁⊙m_b + c₁)
+        and variance diag(Φ_b D C_b D Φ_bᵀ) per sample, which give BN1d's (a₂, c₂) the same way. Then
+        u = (diag(a₂)Φ_b + I)(D z + c₁) + c₂ = M_b z + v_b and y_b = (Λ_b⊙W0 + P M_b Q) x_b + Λ_b⊙b + P v_b: one
+        (C_out × C_in) kernel per sample applied as a batched GEMM.
         The per-pixel P·u of the released computation (C_out·L·H'W') is never formed. Outputs, gradients and the BN
         running statistics equal :meth:`forward_released` (tests)."""
         if self.stride > 1:
@@ -441,18 +443,17 @@ class DynamicConvDecomposition(nn.Module):
         xf = x.reshape(n, c, h * w)
         q = self.q.flatten(1)  # (L, I)
         z = torch.matmul(q, xf)  # (n, L, HW)
-        m = z.mean(2)  # (n, L)
-        cov = torch.bmm(z, z.transpose(1, 2)) / (h * w)  # (n, L, L)
+        # Centred moments (law of total variance): no E[z²] − E[z]² cancellation when |mean| ≫ std (post-ReLU inputs).
+        m = z.mean(2)  # (n, L) per-sample means
+        zc = z - m[:, :, None]
+        cov = torch.bmm(zc, zc.transpose(1, 2)) / (h * w)  # (n, L, L) per-sample covariance over pixels
         mean1 = m.mean(0)
-        var1 = torch.diagonal(cov, dim1=1, dim2=2).mean(0) - mean1 * mean1
+        var1 = torch.diagonal(cov, dim1=1, dim2=2).mean(0) + (m - mean1).square().mean(0)
         a1, c1 = self._batch_affine(self.bn_q, mean1, var1, n * h * w)
-        mh = a1 * m + c1  # E[ẑ] per sample
-        dm = a1 * m
-        second = a1[:, None] * cov * a1[None, :] + mh[:, :, None] * mh[:, None, :] - dm[:, :, None] * dm[:, None, :]
-        mean_v = torch.bmm(phi, mh[:, :, None])[..., 0]  # (n, L)
-        sq_v = (torch.bmm(phi, second) * phi).sum(2)  # diag(Φ S Φᵀ)
+        mean_v = torch.bmm(phi, (a1 * m + c1)[:, :, None])[..., 0]  # per-sample mean of Φ_b ẑ_b
+        within = (torch.bmm(phi, a1[:, None] * cov * a1[None, :]) * phi).sum(2)  # diag(Φ_b Cov(ẑ_b) Φ_bᵀ)
         mean2 = mean_v.mean(0)
-        var2 = sq_v.mean(0) - mean2 * mean2
+        var2 = within.mean(0) + (mean_v - mean2).square().mean(0)
         a2, c2 = self._batch_affine(self.bn_phi, mean2, var2, n * h * w)
         eye = torch.eye(self.latent, dtype=x.dtype, device=x.device)
         gain = a2[None, :, None] * phi + eye  # diag(a₂)Φ_b + I
@@ -464,7 +465,7 @@ class DynamicConvDecomposition(nn.Module):
         bias = v @ p.t()
         if self.bias is not None:
             bias = bias + (self.bias if lam is None else lam * self.bias)
-        return torch.baddbmm(bias[:, :, None], kernel, xf).reshape(n, self.out_channels, h, w)
+        return pointwise_per_sample(x, kernel, bias)
 
     @staticmethod
     def _batch_affine(
@@ -515,22 +516,26 @@ class DynamicConvDecomposition(nn.Module):
         if br.fc is None:
             raise RuntimeError(f"{type(self).__name__}: the dynamic branch has no hidden layer")
         w0 = self.weight.detach().clone()
-        like = {"dtype": w0.dtype, "device": w0.device}
+        dt, dev = w0.dtype, w0.device
         hidden = br.fc.out_features
         gate_w = gate_b = None
         if br.gate is not None:  # hsig2(t) = clamp(t/3 + 1, 0, 2)
             gate_w = br.gate.weight / 3.0
-            gate_b = (0.0 if br.gate.bias is None else br.gate.bias / 3.0) + torch.ones(hidden, **like)
+            gate_b = (0.0 if br.gate.bias is None else br.gate.bias / 3.0) + torch.ones(hidden, dtype=dt, device=dev)
         rows_w: list[Tensor] = []
         rows_b: list[Tensor] = []
         n_lam = n_phi = 0
         if self.use_lambda:
             head = br.heads["scale"]
             rows_w.append(head.weight / 3.0)
-            rows_b.append((0.0 if head.bias is None else head.bias / 3.0) + torch.ones(self.out_channels, **like))
+            rows_b.append(
+                (0.0 if head.bias is None else head.bias / 3.0) + torch.ones(self.out_channels, dtype=dt, device=dev)
+            )
             n_lam = self.out_channels
-        bias_w = torch.zeros(self.out_channels, hidden, **like)
-        bias_b = torch.zeros(self.out_channels, **like) if self.shift is None else self.shift.detach().clone()
+        bias_w = torch.zeros(self.out_channels, hidden, dtype=dt, device=dev)
+        bias_b = (
+            torch.zeros(self.out_channels, dtype=dt, device=dev) if self.shift is None else self.shift.detach().clone()
+        )
         if self.bias is not None and not self.use_lambda:
             bias_b = bias_b + self.bias
         p = q = None
@@ -538,7 +543,7 @@ class DynamicConvDecomposition(nn.Module):
             lat = self.latent
             head = br.heads["phi"]
             wp = head.weight.reshape(lat, lat, hidden)
-            bp = torch.zeros(lat, lat, **like) if head.bias is None else head.bias.reshape(lat, lat)
+            bp = torch.zeros(lat, lat, dtype=dt, device=dev) if head.bias is None else head.bias.reshape(lat, lat)
             p, q = self.p.detach().flatten(1).clone(), self.q.detach().flatten(1).clone()
             if self.stabilised:  # Φ_eff = diag(a₂)Φdiag(a₁) + diag(a₁); bias P(a₂⊙(Φc₁) + c₂ + c₁) (see effective)
                 a1, c1 = bn_affine(self.bn_q)
@@ -639,9 +644,7 @@ class DynamicConvDecomposition(nn.Module):
             if phi is not None:
                 assert plan.p is not None and plan.q is not None
                 w = w + torch.matmul(plan.p, phi) @ plan.q
-            xs = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
-            y = torch.baddbmm(bias[:, :, None], w, xs.reshape(n, xs.shape[1], -1))
-            return y.reshape(n, self.out_channels, *xs.shape[2:])
+            return pointwise_per_sample(x, w, bias, stride=self.stride)
         w = plan.w0.expand(n, *plan.w0.shape) if lam is None else plan.w0 * lam[:, :, None, None, None]
         if phi is not None:
             assert plan.p is not None and plan.q is not None

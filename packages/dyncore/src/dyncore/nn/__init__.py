@@ -14,6 +14,7 @@ from dyncore.nn.dynamic_conv import (
     low_rank_kernel,
     low_rank_madds,
     mix_experts,
+    pointwise_per_sample,
 )
 from dyncore.nn.functional import (
     channel_shuffle,
@@ -49,4 +50,5 @@ __all__ = [
     "low_rank_madds",
     "make_divisible",
     "mix_experts",
+    "pointwise_per_sample",
 ]

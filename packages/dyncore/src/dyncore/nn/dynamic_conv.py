@@ -97,6 +97,36 @@ def conv2d_per_sample(
     return y.reshape(b, out_channels, *y.shape[2:])
 
 
+def pointwise_per_sample(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, stride: int = 1) -> Tensor:
+    """A 1×1 convolution with one kernel per sample as ONE batched GEMM, y_b = W_b · x_b (+ bias_b).
+
+    On CPU this is much faster than a per-sample grouped conv (:func:`conv2d_per_sample`) forward and backward.
+
+    Args:
+        x: (B, I, H, W).
+        weight: (B, O, I).
+        bias: optional (B, O) or (O,).
+        stride: subsampling of x (the pixels a strided 1×1 conv reads).
+    Returns:
+        (B, O, ⌈H/stride⌉, ⌈W/stride⌉).
+    """
+    check_rank(x, (4,), "pointwise_per_sample(x)")
+    check_rank(weight, (3,), "pointwise_per_sample(weight)")
+    if weight.shape[0] != x.shape[0] or weight.shape[2] != x.shape[1]:
+        raise ValueError(
+            f"pointwise_per_sample: kernels {tuple(weight.shape)} do not fit an input of shape {tuple(x.shape)}"
+        )
+    if stride > 1:
+        x = x[:, :, ::stride, ::stride]
+    b, i, h, w = x.shape
+    xf = x.reshape(b, i, h * w)
+    if bias is None:
+        y = torch.bmm(weight, xf)
+    else:
+        y = torch.baddbmm((bias if bias.dim() == 2 else bias.expand(b, -1))[:, :, None], weight, xf)
+    return y.reshape(b, weight.shape[1], h, w)
+
+
 def mix_experts(experts: Tensor, coeffs: Tensor) -> Tensor:
     """Per-sample kernels Σ_k π_k(x) W_k.
 
