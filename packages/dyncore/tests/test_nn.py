@@ -21,6 +21,7 @@ from dyncore.nn import (
     low_rank_madds,
     make_divisible,
     mix_experts,
+    pointwise_per_sample,
 )
 
 
@@ -244,3 +245,23 @@ def test_fastest_mode_picks_the_cheaper_run():
     assert calls == {"featurewise": 4, "synthesis": 4}
     with pytest.raises(ValueError, match="no modes"):
         fastest_mode(run, modes=())
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pointwise_per_sample_equals_grouped_conv(stride: int) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 7, 6, requires_grad=True)
+    w = torch.randn(3, 4, 5, requires_grad=True)
+    b = torch.randn(3, 4)
+    y = pointwise_per_sample(x, w, b, stride=stride)
+    ref = conv2d_per_sample(x, w[..., None, None], b, stride=stride)
+    torch.testing.assert_close(y, ref)
+    gx, gw = torch.autograd.grad(y.sin().sum(), [x, w])
+    rx, rw = torch.autograd.grad(ref.sin().sum(), [x, w])
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(gw, rw)
+    torch.testing.assert_close(
+        pointwise_per_sample(x, w, b[0]), conv2d_per_sample(x, w[..., None, None], b[0].expand(3, -1))
+    )
+    with pytest.raises(ValueError, match="do not fit an input"):
+        pointwise_per_sample(x, w[:2])
