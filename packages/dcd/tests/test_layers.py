@@ -144,7 +144,6 @@ def _randomise_bns(layer: nn.Module) -> None:
                 m.bias.uniform_(-1, 1)
 
 
-@pytest.mark.quick
 @pytest.mark.parametrize("variant", ["full", "lambda", "residual"])
 @pytest.mark.parametrize("stabilised", [True, False])
 @pytest.mark.parametrize("kernel, stride, pool, bias", [(1, 1, 2, False), (3, 2, 1, True), (1, 2, 1, True)])
