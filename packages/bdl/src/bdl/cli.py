@@ -20,7 +20,7 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Dataset
@@ -28,6 +28,10 @@ from torch.utils.data import Dataset
 from bdl.adaptation import AdaptationConfig
 from bdl.data import StreetScenes, cityscapes, gta5, synthia
 from bdl.translation import CycleGANConfig
+
+if TYPE_CHECKING:
+    from dyncore.cli import RunDir
+    from dyncore.training import Checkpointer
 
 
 # ------------------------------------------------------------------------------------------------------------ args
@@ -165,6 +169,19 @@ def _errors() -> tuple[type[Exception], ...]:
     return (ValueError, FileNotFoundError, FileExistsError, CheckpointError)
 
 
+def _resumable_run(args: argparse.Namespace) -> tuple[RunDir, Checkpointer]:
+    """The run directory's config.json (written once: a resumed or refused run keeps its original) and a
+    Checkpointer keyed on every flag except the output path, device and threads."""
+    from dyncore.cli import RunDir
+    from dyncore.training import Checkpointer
+
+    run = RunDir(args.out)
+    cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not callable(v)}
+    if not run.config_path.exists():
+        run.write_config(cfg)
+    return run, Checkpointer(run.checkpoints, {k: v for k, v in cfg.items() if k not in ("out", "device", "threads")})
+
+
 def _fail(prog: str, exc: Exception) -> int:
     print(f"bdl {prog}: error: {exc}", file=sys.stderr)
     return 2
@@ -265,8 +282,7 @@ def _train_seg(args: argparse.Namespace) -> int:
     from bdl.evaluation import evaluate
     from bdl.pipeline import TranslatedSource, train_segmenter
     from bdl.pseudo import PseudoLabeledTarget
-    from dyncore.cli import RunDir
-    from dyncore.training import Checkpointer, save_checkpoint
+    from dyncore.training import save_checkpoint
 
     try:
         src, tgt, val = load_data(args)
@@ -280,11 +296,7 @@ def _train_seg(args: argparse.Namespace) -> int:
             target = tgt
     except _errors() as exc:
         return _fail("train-seg", exc)
-    run = RunDir(args.out)
-    cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not callable(v)}
-    if not run.config_path.exists():  # never overwrite the config of a run being resumed (or refused)
-        run.write_config(cfg)
-    ckpt = Checkpointer(run.checkpoints, {k: v for k, v in cfg.items() if k not in ("out", "device", "threads")})
+    run, ckpt = _resumable_run(args)
     try:
         model = train_segmenter(
             model,
@@ -323,8 +335,7 @@ def _train_translation_args(p: argparse.ArgumentParser) -> None:
 def _train_translation(args: argparse.Namespace) -> int:
     from bdl.data import denormalize_image
     from bdl.pipeline import train_translation
-    from dyncore.cli import RunDir
-    from dyncore.training import Checkpointer, save_checkpoint
+    from dyncore.training import save_checkpoint
 
     try:
         src, tgt, _ = load_data(args)
@@ -333,11 +344,7 @@ def _train_translation(args: argparse.Namespace) -> int:
         m = _build(args) if args.perceptual else None
     except _errors() as exc:
         return _fail("train-translation", exc)
-    run = RunDir(args.out)
-    cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not callable(v)}
-    if not run.config_path.exists():  # never overwrite the config of a run being resumed (or refused)
-        run.write_config(cfg)
-    ckpt = Checkpointer(run.checkpoints, {k: v for k, v in cfg.items() if k not in ("out", "device", "threads")})
+    run, ckpt = _resumable_run(args)
     try:
         cyc = train_translation(
             src,
