@@ -1,7 +1,7 @@
 """DCD layers (thesis Chapter 3) and the vanilla dynamic convolution baselines."""
 
 from dcd.layers.classifier import DCDClassifier
-from dcd.layers.dcd import VARIANTS, DynamicConvDecomposition, bn_affine
+from dcd.layers.dcd import VARIANTS, DynamicConvDecomposition, InferencePlan, bn_affine
 from dcd.layers.depthwise import DepthwiseDCD
 from dcd.layers.joint import JointFusionDCD
 from dcd.layers.vanilla import CondConv2d, DynamicConv2d, dyconv_temperature, set_temperature
@@ -18,6 +18,7 @@ __all__ = [
     "DepthwiseDCD",
     "DynamicConv2d",
     "DynamicConvDecomposition",
+    "InferencePlan",
     "JointFusionDCD",
     "bn_affine",
     "dyconv_temperature",

@@ -303,11 +303,9 @@ class DynamicConvDecomposition(nn.Module):
         return self.kernel_size == 1 and self.padding == 0
 
     def _out_hw(self, x: Tensor) -> tuple[int, int]:
-        span = self.dilation * (self.kernel_size - 1)
-        h, w = x.shape[-2:]
-        return (h + 2 * self.padding - span - 1) // self.stride + 1, (
-            w + 2 * self.padding - span - 1
-        ) // self.stride + 1
+        """Output grid (H', W') of W0 for the input ``x``."""
+        reach = 2 * self.padding - self.dilation * (self.kernel_size - 1) - 1
+        return (x.shape[-2] + reach) // self.stride + 1, (x.shape[-1] + reach) // self.stride + 1
 
     def coefficients(self, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """Λ(x) (B, C_out) or None, and block-diagonal Φ(x) (B, L, L) or None."""
