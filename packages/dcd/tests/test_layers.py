@@ -253,6 +253,11 @@ def test_inference_plan_is_rebuilt_when_parameters_change() -> None:
         torch.testing.assert_close(layer(x), other.eval()(x), atol=1e-6, rtol=1e-6)
     layer.bn_q = nn.BatchNorm2d(4).eval()  # a replaced sub-module drops the plan
     assert layer._plan is None
+    with torch.no_grad():
+        layer(x)
+        layer.double()  # new storage (and dtype): the plan is rebuilt for it
+        torch.testing.assert_close(layer(x.double()), layer.float()(x).double(), atol=1e-5, rtol=1e-5)
+    assert layer.inference_plan().w0.dtype == torch.float32
 
 
 def test_auto_mode_picks_the_cheaper_form() -> None:

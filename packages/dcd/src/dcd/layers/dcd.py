@@ -91,7 +91,7 @@ class InferencePlan:
 
     Attributes:
         sources: every parameter and buffer of the layer when the plan was built.
-        key: their (version, data pointer) pairs then; the plan is current while they are unchanged.
+        key: their version counters then; the plan is current while they are unchanged.
         fc_w, fc_b: first branch FC, (S, F) and (S,) or None.
         gate_w, gate_b: the gate FC with hsig2's affine part folded in, or None when the branch has no gate.
         head_w, head_b: fused heads, (n, S) and (n,).
@@ -101,7 +101,7 @@ class InferencePlan:
     """
 
     sources: tuple[Tensor, ...]
-    key: tuple[tuple[int, int], ...]
+    key: tuple[int, ...]
     fc_w: Tensor
     fc_b: Tensor | None
     gate_w: Tensor | None
@@ -230,6 +230,7 @@ class DynamicConvDecomposition(nn.Module):
         )
         self.register_buffer("shift", None)
         self._plan: InferencePlan | None = None
+        self._modes: dict[tuple[str, int, int, int], ApplyMode] = {}  # (mode, batch, H, W) → resolved form
         self.reset_parameters()
 
     @classmethod
@@ -499,11 +500,16 @@ class DynamicConvDecomposition(nn.Module):
         if name != "_plan" and isinstance(value, (Tensor, nn.Module)):
             self._plan = None  # a parameter, buffer or sub-module replaced: rebuild the inference plan
 
+    def _apply(self, fn: Any, recurse: bool = True) -> DynamicConvDecomposition:
+        self._plan = None  # .to() / .cuda() / .half(): new storage, rebuild the plan there
+        return super()._apply(fn, recurse)  # type: ignore[return-value]
+
     def inference_plan(self) -> InferencePlan:
-        """The folded constants of the no-grad eval forward, rebuilt when any parameter or buffer has changed
-        (in place — an optimizer step, ``load_state_dict``, BN statistics — or moved by ``.to()``)."""
+        """The folded constants of the no-grad eval forward, rebuilt when any parameter or buffer has changed:
+        in place (an optimizer step, ``load_state_dict``, BN statistics — tensor version counters), replaced
+        (``__setattr__``) or moved (``.to()``, via ``_apply``)."""
         plan = self._plan
-        if plan is not None and plan.key == tuple((t._version, t.data_ptr()) for t in plan.sources):
+        if plan is not None and plan.key == tuple(t._version for t in plan.sources):
             return plan
         with torch.inference_mode(False), torch.no_grad():
             self._plan = plan = self._build_plan()
@@ -565,7 +571,7 @@ class DynamicConvDecomposition(nn.Module):
         fc_b = None if br.fc.bias is None else br.fc.bias.detach().clone()
         sources = (*self.parameters(), *self.buffers())
         return InferencePlan(
-            sources=sources, key=tuple((t._version, t.data_ptr()) for t in sources),
+            sources=sources, key=tuple(t._version for t in sources),
             fc_w=br.fc.weight.detach().clone(), fc_b=fc_b, gate_w=gate_w, gate_b=gate_b,
             head_w=torch.cat(rows_w).contiguous(), head_b=torch.cat(rows_b).contiguous(),
             splits=(n_lam, n_phi, self.out_channels), w0=w0, w0q=w0q, p=p, q=q,
@@ -594,7 +600,10 @@ class DynamicConvDecomposition(nn.Module):
             bias = torch.addcmul(bias, lam, self.bias)
         lat = self.latent
         phi = coeffs[:, n_lam : n_lam + n_phi].reshape(n, lat, lat) if n_phi else None
-        if self.apply_mode(n, self._out_hw(x)) == "synthesis":
+        form = self._modes.get((self.mode, n, h, w))
+        if form is None:
+            form = self._modes[(self.mode, n, h, w)] = self.apply_mode(n, self._out_hw(x))
+        if form == "synthesis":
             return self._synthesis_inference(x, plan, lam, phi, bias)
         if plan.w0q is not None:
             y, z = F.conv2d(x, plan.w0q, None, self.stride, self.padding, self.dilation).split(
