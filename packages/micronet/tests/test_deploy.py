@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from dyncore.nn import channel_shuffle
+from dyncore.nn import channel_shuffle, folded_forward
 from micronet.config import M0, M3
 from micronet.deploy import (
     ComposedFactorizedConv,
@@ -59,7 +59,7 @@ def test_composed_factorized_depthwise_is_exact(kernel: int, stride: int, multip
     assert composed.weight.shape == (6 * multipliers[0] * multipliers[1], 1, kernel, kernel)
     for h, w in [(9, 11), (8, 8), (5, 3)]:
         x = torch.randn(2, 6, h, w)
-        with torch.no_grad():
+        with torch.no_grad(), folded_forward(False):  # the block's defining two-conv forward
             torch.testing.assert_close(composed(x), block(x), rtol=1e-5, atol=1e-5)
     bias = composed.bias_map(11)[0, :, 0]  # the border columns differ from the interior (b1 is not padded)
     assert not torch.allclose(bias[:, 0], bias[:, 5])
@@ -75,7 +75,7 @@ def test_inference_form_matches_training_form(config, compose: bool) -> None:  #
     n_pairs = sum(isinstance(m, MicroFactorizedDepthwise) for m in model.modules()) + 1  # + the stem's 3×1, 1×3
     assert sum(isinstance(m, ComposedFactorizedConv) for m in fast.modules()) == (n_pairs if compose else 0)
     x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
+    with torch.no_grad(), folded_forward(False):  # the training form's defining forward
         torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
     # folded: no BatchNorm left; every DSM fused; shuffles composed (at most one Permute per block run)
     assert not any(isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)) for m in fast.modules())
@@ -105,3 +105,31 @@ def test_onnx_export_matches(tmp_path) -> None:  # type: ignore[no-untyped-def]
 def test_to_inference_rejects_other_models() -> None:
     with pytest.raises(TypeError, match="expected a MicroNet"):
         to_inference(nn.Conv2d(3, 3, 1))  # type: ignore[arg-type]
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize("config", [M0, M3], ids=["m0", "m3"])
+def test_eval_without_autograd_runs_the_folded_modules(config) -> None:  # type: ignore[no-untyped-def]
+    """model.eval() under no_grad: ConvBN runs BN-folded, factorized depthwise pairs composed, DSM fused — the same
+    outputs as the defining forward (autograd on), rebuilt after an in-place change, off in folded_forward(False)."""
+    model = _randomise(MicroNet(config, num_classes=20))
+    x = torch.randn(2, 3, 64, 64)
+    reference = model(x).detach()  # autograd on: the defining forward
+    calls: list[str] = []
+    hooks = [
+        m.register_forward_hook(lambda *_: calls.append("bn")) for m in model.modules() if isinstance(m, nn.BatchNorm2d)
+    ]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference, rtol=1e-4, atol=1e-5)
+        assert not calls  # no BatchNorm2d ran: every ConvBN / depthwise pair used its folded form
+        with folded_forward(False):
+            torch.testing.assert_close(model(x), reference, rtol=1e-5, atol=1e-6)
+        assert calls  # the defining forward runs the BatchNorms again
+        for pair in (m for m in model.modules() if isinstance(m, MicroFactorizedDepthwise)):
+            pair[0][0].weight.mul_(-2.0)  # in place: the composed convs are rebuilt
+        with folded_forward(False):
+            changed = model(x)
+        torch.testing.assert_close(model(x), changed, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(changed, reference, atol=1e-4)
+    for h in hooks:
+        h.remove()

@@ -28,7 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from micronet.layers import ChannelShuffle, DynamicShiftMax, GroupPointwiseConv2d
+from micronet.layers import (
+    ChannelShuffle,
+    ComposedFactorizedConv,
+    DynamicShiftMax,
+    FusedShiftMax,
+    composable,
+    fold_bn,
+)
 from micronet.model import MicroBlock, MicroNet, MicroNetHead
 
 __all__ = [
@@ -61,162 +68,6 @@ class Permute(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x.index_select(1, self.index)
-
-
-def fold_bn(layer: nn.Conv2d | nn.Linear, bn: nn.BatchNorm2d | nn.BatchNorm1d) -> nn.Conv2d | nn.Linear:
-    """A copy of ``layer`` with the eval-mode ``bn`` that follows it folded in (bias added)."""
-    if bn.running_var is None or bn.running_mean is None:
-        raise ValueError("fold_bn: the BatchNorm has no running statistics (track_running_stats=False)")
-    scale = bn.weight.detach() / torch.sqrt(bn.running_var + float(bn.eps))
-    shift = bn.bias.detach() - bn.running_mean * scale
-    bias = shift if layer.bias is None else layer.bias.detach() * scale + shift
-    if isinstance(layer, GroupPointwiseConv2d):
-        out: nn.Conv2d | nn.Linear = GroupPointwiseConv2d(
-            layer.in_channels, layer.out_channels, groups=layer.groups, bias=True
-        )
-        out.weight.data = layer.weight.detach() * scale.view(-1, 1, 1, 1)
-    elif isinstance(layer, nn.Conv2d):
-        out = nn.Conv2d(
-            layer.in_channels,
-            layer.out_channels,
-            layer.kernel_size,  # type: ignore[arg-type]
-            layer.stride,  # type: ignore[arg-type]
-            layer.padding,  # type: ignore[arg-type]
-            layer.dilation,  # type: ignore[arg-type]
-            layer.groups,
-            bias=True,
-        )
-        out.weight.data = layer.weight.detach() * scale.view(-1, 1, 1, 1)
-    else:
-        out = nn.Linear(layer.in_features, layer.out_features, bias=True)
-        out.weight.data = layer.weight.detach() * scale.view(-1, 1)
-    assert out.bias is not None
-    out.bias.data = bias.clone()
-    return out
-
-
-class ComposedFactorizedConv(nn.Module):
-    """Inference form of a (k_h×1) conv with bias b1 followed by a (1×k_w) depthwise conv with bias b2.
-
-    conv2(conv1(x) + b1) + b2 = K ∗ x + B with K[o] = W1[o // c2] ⊗ W2[o] (c2 = C_out / C_mid, the depthwise
-    multiplier), strides (s_h, s_w) and paddings (p_h, p_w) taken from the two convs, and the groups of conv1. The bias
-    B = conv2(b1) + b2 is constant over rows but not over the p_w border columns (conv2 zero-pads its input, and b1
-    is not zero there), so it is a (1, C_out, 1, W') map, built once per input width. Exact (tests).
-
-    Shapes: (B, C_in, H, W) → (B, C_out, H', W').
-    """
-
-    def __init__(self, first: nn.Conv2d, second: nn.Conv2d) -> None:
-        super().__init__()
-        if not composable(first, second):
-            raise ValueError("ComposedFactorizedConv: expects a (k×1) conv followed by a (1×k) depthwise conv")
-        c_mid, c_out = second.in_channels, second.out_channels
-        kh, kw = first.kernel_size[0], second.kernel_size[1]
-        mid_of_out = torch.arange(c_out) // (c_out // c_mid)
-        w1 = first.weight.detach()[:, :, :, 0]  # (C_mid, C_in/g, kh)
-        w2 = second.weight.detach()[:, 0, 0, :]  # (C_out, kw)
-        self.register_buffer("weight", (w1[mid_of_out][:, :, :, None] * w2[:, None, None, :]).contiguous())
-        b1 = first.bias.detach() if first.bias is not None else torch.zeros(c_mid)
-        b2 = second.bias.detach() if second.bias is not None else torch.zeros(c_out)
-        self.register_buffer("b1", b1.clone())
-        self.register_buffer("b2", b2.clone())
-        self.register_buffer("w2", second.weight.detach().clone())
-        self.stride = (first.stride[0], second.stride[1])
-        self.padding = (first.padding[0], second.padding[1])  # type: ignore[index]
-        self.groups = first.groups
-        self.kernel_size = (kh, kw)
-        self._bias_maps: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
-
-    def bias_map(self, width: int) -> Tensor:
-        """B = conv2(b1) + b2 for an input of ``width`` columns: (1, C_out, 1, W')."""
-        key = (width, self.b1.dtype, self.b1.device)
-        if key not in self._bias_maps:
-            b1 = self.b1.view(1, -1, 1, 1).expand(1, -1, 1, width)
-            self._bias_maps[key] = F.conv2d(
-                b1, self.w2, self.b2, (1, self.stride[1]), (0, self.padding[1]), 1, b1.shape[1]
-            )
-        return self._bias_maps[key]
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = F.conv2d(x, self.weight, None, self.stride, self.padding, 1, self.groups)
-        return y + self.bias_map(x.shape[-1])
-
-
-def composable(first: nn.Module, second: nn.Module) -> bool:
-    """Whether ``first`` (k×1 conv) and ``second`` (1×k depthwise conv) can be composed into one k×k conv."""
-    if type(first) is not nn.Conv2d or type(second) is not nn.Conv2d:
-        return False
-    return (
-        first.kernel_size[1] == 1
-        and second.kernel_size[0] == 1
-        and first.stride[1] == 1
-        and second.stride[0] == 1
-        and first.padding[1] == 0  # type: ignore[index]
-        and second.padding[0] == 0  # type: ignore[index]
-        and first.dilation == (1, 1)
-        and second.dilation == (1, 1)
-        and isinstance(first.padding, tuple)
-        and second.groups == second.in_channels == first.out_channels
-        and second.out_channels % second.in_channels == 0
-        and first.padding_mode == second.padding_mode == "zeros"
-    )
-
-
-class FusedShiftMax(nn.Module):
-    """Inference form of :class:`DynamicShiftMax` followed by an optional channel permutation P.
-
-    out[:, c] = max_k Σ_j a^k_{P(c),j}(x) · x[:, shift_j(P(c))]; (B, C, H, W) → (B, C, H, W).
-    """
-
-    offset: Tensor
-
-    def __init__(self, dsm: DynamicShiftMax, perm: Tensor | None) -> None:
-        super().__init__()
-        c, k, j = dsm.channels, dsm.k, dsm.j
-        p = torch.arange(c) if perm is None else perm
-        fc1, fc2 = dsm.coefficients.fc, dsm.coefficients.heads["out"]
-        assert isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)
-        self.fc1 = copy.deepcopy(fc1)
-        # rows of fc2 are (k, j, c): permute c by P, then fold h_sigmoid's +3 and the ×(4/6) scale
-        rows = (torch.arange(k * j).view(-1, 1) * c + p.view(1, -1)).reshape(-1)
-        self.fc2 = nn.Linear(fc2.in_features, fc2.out_features)
-        assert fc2.bias is not None
-        self.fc2.weight.data = fc2.weight.detach()[rows] * (4.0 / 6.0)
-        self.fc2.bias.data = (fc2.bias.detach()[rows] + 3.0) * (4.0 / 6.0)
-        offset = dsm.init.view(k, j, c)[:, :, p] - 2.0  # (K, J, C)
-        self.register_buffer("offset", offset.reshape(1, k * j * c).clone())
-        # one gather per shifted copy read (x[P], x[shift_j∘P]); x itself is read directly when P is the identity
-        self.identity_first = perm is None
-        gathers = [p] + [dsm.index[jj - 1][p] for jj in range(1, j)]
-        if self.identity_first:
-            gathers = gathers[1:]
-        self.n_gathers = len(gathers)
-        for i, idx in enumerate(gathers):
-            self.register_buffer(f"gather{i}", idx.clone())
-        self.channels, self.k, self.j = c, k, j
-        self.add_relu = dsm.add_relu
-
-    def _copies(self, x: Tensor) -> list[Tensor]:
-        copies = [x] if self.identity_first else []
-        for i in range(self.n_gathers):
-            index: Tensor = getattr(self, f"gather{i}")
-            copies.append(x.index_select(1, index))
-        return copies
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, c = x.shape[0], self.channels
-        t = self.fc2(F.relu(self.fc1(x.mean((2, 3)))))
-        # K·J coefficient maps (B, C, 1, 1), sliced on the small (B, K·J·C) tensor, never on the feature map
-        coeff = (torch.clamp(t, 0.0, 4.0) + self.offset).view(b, self.k * self.j, c, 1, 1).unbind(1)
-        xs = self._copies(x)
-        out: Tensor | None = None
-        for kk in range(self.k):
-            z = coeff[kk * self.j] * xs[0]
-            for jj in range(1, self.j):
-                z = torch.addcmul(z, coeff[kk * self.j + jj], xs[jj])
-            out = z if out is None else torch.maximum(out, z)
-        assert out is not None
-        return F.relu(out) if self.add_relu else out
 
 
 def _flatten(mods: list[nn.Module]) -> list[nn.Module]:

@@ -33,6 +33,7 @@ from dcd.rules import check_latent, paper_latent, scale_latent, squeeze_width
 from dyncore.nn import (
     ApplyMode,
     CoefficientBranch,
+    FoldedForward,
     check_channels,
     check_mode,
     check_rank,
@@ -90,8 +91,6 @@ class InferencePlan:
     one Linear to ``[Λ logits' | vec Φ_eff | per-sample bias]`` (rows ``splits``), with Λ = clamp(·, 0, 2).
 
     Attributes:
-        sources: every parameter and buffer of the layer when the plan was built.
-        key: their version counters then; the plan is current while they are unchanged.
         fc_w, fc_b: first branch FC, (S, F) and (S,) or None.
         gate_w, gate_b: the gate FC with hsig2's affine part folded in, or None when the branch has no gate.
         head_w, head_b: fused heads, (n, S) and (n,).
@@ -100,8 +99,6 @@ class InferencePlan:
         p, q: P (C_out, L) and Qᵀ (L, C_in), or None without the low-rank residual.
     """
 
-    sources: tuple[Tensor, ...]
-    key: tuple[int, ...]
     fc_w: Tensor
     fc_b: Tensor | None
     gate_w: Tensor | None
@@ -115,7 +112,7 @@ class InferencePlan:
     q: Tensor | None
 
 
-class DynamicConvDecomposition(nn.Module):
+class DynamicConvDecomposition(FoldedForward):
     """Dynamic convolution decomposition (Eq. 3.6 / 3.7; k×k: channel fusion alone).
 
     Args:
@@ -229,7 +226,6 @@ class DynamicConvDecomposition(nn.Module):
             in_channels, heads, hidden=squeeze, pool=pool, hidden_activation="gate", output=outputs, bias=False
         )
         self.register_buffer("shift", None)
-        self._plan: InferencePlan | None = None
         self._modes: dict[tuple[str, int, int, int], ApplyMode] = {}  # (mode, batch, H, W) → resolved form
         self.reset_parameters()
 
@@ -377,7 +373,7 @@ class DynamicConvDecomposition(nn.Module):
         return phi_eff, extra if bias is None else extra + bias
 
     def forward(self, x: Tensor) -> Tensor:
-        if not (self.training or torch.is_grad_enabled()) and self.blocks == 1:
+        if self.use_folded() and self.blocks == 1:
             check_rank(x, (4,), type(self).__name__)
             check_channels(x, self.in_channels, type(self).__name__)
             return self._inference_forward(x)
@@ -495,27 +491,13 @@ class DynamicConvDecomposition(nn.Module):
         return y if bias is None else y.add_(bias[:, :, None, None])
 
     # ------------------------------------------------------------------------------------------------------------------
-    def __setattr__(self, name: str, value: Any) -> None:
-        super().__setattr__(name, value)
-        if name != "_plan" and isinstance(value, (Tensor, nn.Module)):
-            self._plan = None  # a parameter, buffer or sub-module replaced: rebuild the inference plan
-
-    def _apply(self, fn: Any, recurse: bool = True) -> DynamicConvDecomposition:
-        self._plan = None  # .to() / .cuda() / .half(): new storage, rebuild the plan there
-        return super()._apply(fn, recurse)  # type: ignore[return-value]
-
     def inference_plan(self) -> InferencePlan:
-        """The folded constants of the no-grad eval forward, rebuilt when any parameter or buffer has changed:
-        in place (an optimizer step, ``load_state_dict``, BN statistics — tensor version counters), replaced
-        (``__setattr__``) or moved (``.to()``, via ``_apply``)."""
-        plan = self._plan
-        if plan is not None and plan.key == tuple(t._version for t in plan.sources):
-            return plan
-        with torch.inference_mode(False), torch.no_grad():
-            self._plan = plan = self._build_plan()
+        """The folded constants of the no-grad eval forward (:class:`dyncore.nn.FoldedForward`: rebuilt when any
+        parameter or buffer has changed in place, been replaced, or moved)."""
+        plan: InferencePlan = self.folded()
         return plan
 
-    def _build_plan(self) -> InferencePlan:
+    def build_folded(self) -> InferencePlan:
         br = self.branch
         if br.fc is None:
             raise RuntimeError(f"{type(self).__name__}: the dynamic branch has no hidden layer")
@@ -569,9 +551,7 @@ class DynamicConvDecomposition(nn.Module):
         if self.use_residual and self.kernel_size == 1 and self.inner_padding == self.padding:
             w0q = torch.cat([w0, self.q.detach()]).contiguous()
         fc_b = None if br.fc.bias is None else br.fc.bias.detach().clone()
-        sources = (*self.parameters(), *self.buffers())
         return InferencePlan(
-            sources=sources, key=tuple(t._version for t in sources),
             fc_w=br.fc.weight.detach().clone(), fc_b=fc_b, gate_w=gate_w, gate_b=gate_b,
             head_w=torch.cat(rows_w).contiguous(), head_b=torch.cat(rows_b).contiguous(),
             splits=(n_lam, n_phi, self.out_channels), w0=w0, w0q=w0q, p=p, q=q,
@@ -699,4 +679,3 @@ class DynamicConvDecomposition(nn.Module):
             self.p.mul_(s[:, None, None, None])
         # t must not be scaled by Λ: it goes to a Λ-free shift added after everything.
         self.shift = t.clone() if self.shift is None else s * self.shift + t
-        self._plan = None

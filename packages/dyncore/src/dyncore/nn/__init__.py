@@ -16,6 +16,7 @@ from dyncore.nn.dynamic_conv import (
     mix_experts,
     pointwise_per_sample,
 )
+from dyncore.nn.folding import FoldedForward, folded_forward, folded_forward_enabled
 from dyncore.nn.functional import (
     channel_shuffle,
     check_channels,
@@ -32,6 +33,7 @@ __all__ = [
     "OUTPUT_MAPS",
     "ApplyMode",
     "CoefficientBranch",
+    "FoldedForward",
     "apply_output_map",
     "center_tap",
     "channel_shuffle",
@@ -42,6 +44,8 @@ __all__ = [
     "expert_mixture_conv2d",
     "expert_mixture_madds",
     "fastest_mode",
+    "folded_forward",
+    "folded_forward_enabled",
     "h_sigmoid",
     "h_swish",
     "hsig2",

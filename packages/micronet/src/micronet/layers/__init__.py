@@ -2,16 +2,20 @@
 
 from micronet.layers.micro_factorized import (
     ChannelShuffle,
+    ComposedFactorizedConv,
     ConvBN,
     GroupPointwiseConv2d,
     LiteCombination,
     MicroFactorizedDepthwise,
     MicroFactorizedPointwise,
     adaptive_groups,
+    composable,
+    fold_bn,
 )
 from micronet.layers.shift_max import (
     DynamicReLU,
     DynamicShiftMax,
+    FusedShiftMax,
     SEReLU,
     StaticShiftMax,
     default_init,
@@ -20,9 +24,11 @@ from micronet.layers.shift_max import (
 
 __all__ = [
     "ChannelShuffle",
+    "ComposedFactorizedConv",
     "ConvBN",
     "DynamicReLU",
     "DynamicShiftMax",
+    "FusedShiftMax",
     "GroupPointwiseConv2d",
     "LiteCombination",
     "MicroFactorizedDepthwise",
@@ -30,6 +36,8 @@ __all__ = [
     "SEReLU",
     "StaticShiftMax",
     "adaptive_groups",
+    "composable",
     "default_init",
+    "fold_bn",
     "shift_index",
 ]

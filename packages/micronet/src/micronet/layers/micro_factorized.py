@@ -13,18 +13,22 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dyncore.nn import channel_shuffle
+from dyncore.nn import FoldedForward, channel_shuffle
 
 __all__ = [
     "ChannelShuffle",
+    "ComposedFactorizedConv",
     "ConvBN",
     "GroupPointwiseConv2d",
     "LiteCombination",
     "MicroFactorizedDepthwise",
     "MicroFactorizedPointwise",
     "adaptive_groups",
+    "composable",
+    "fold_bn",
 ]
 
 
@@ -70,8 +74,115 @@ class GroupPointwiseConv2d(nn.Conv2d):
         return y.reshape(b, self.out_channels, h, w)
 
 
-class ConvBN(nn.Sequential):
-    """Conv2d (no bias) + BatchNorm2d. ``kernel``/``stride``/``padding`` may be (h, w) pairs."""
+def fold_bn(layer: nn.Conv2d | nn.Linear, bn: nn.BatchNorm2d | nn.BatchNorm1d) -> nn.Conv2d | nn.Linear:
+    """A copy of ``layer`` with the eval-mode ``bn`` that follows it folded in (bias added)."""
+    if bn.running_var is None or bn.running_mean is None:
+        raise ValueError("fold_bn: the BatchNorm has no running statistics (track_running_stats=False)")
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var + float(bn.eps))
+    shift = bn.bias.detach() - bn.running_mean * scale
+    bias = shift if layer.bias is None else layer.bias.detach() * scale + shift
+    if isinstance(layer, GroupPointwiseConv2d):
+        out: nn.Conv2d | nn.Linear = GroupPointwiseConv2d(
+            layer.in_channels, layer.out_channels, groups=layer.groups, bias=True
+        )
+        out.weight.data = layer.weight.detach() * scale.view(-1, 1, 1, 1)
+    elif isinstance(layer, nn.Conv2d):
+        out = nn.Conv2d(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,  # type: ignore[arg-type]
+            layer.stride,  # type: ignore[arg-type]
+            layer.padding,  # type: ignore[arg-type]
+            layer.dilation,  # type: ignore[arg-type]
+            layer.groups,
+            bias=True,
+        )
+        out.weight.data = layer.weight.detach() * scale.view(-1, 1, 1, 1)
+    else:
+        out = nn.Linear(layer.in_features, layer.out_features, bias=True)
+        out.weight.data = layer.weight.detach() * scale.view(-1, 1)
+    assert out.bias is not None
+    out.bias.data = bias.clone()
+    return out
+
+
+class ComposedFactorizedConv(nn.Module):
+    """Inference form of a (k_h×1) conv with bias b1 followed by a (1×k_w) depthwise conv with bias b2.
+
+    conv2(conv1(x) + b1) + b2 = K ∗ x + B with K[o] = W1[o // c2] ⊗ W2[o] (c2 = C_out / C_mid, the depthwise
+    multiplier), strides (s_h, s_w) and paddings (p_h, p_w) taken from the two convs, and the groups of conv1. The bias
+    B = conv2(b1) + b2 is constant over rows but not over the p_w border columns (conv2 zero-pads its input, and b1
+    is not zero there), so it is a (1, C_out, 1, W') map, built once per input width. Exact (tests).
+
+    Shapes: (B, C_in, H, W) → (B, C_out, H', W').
+    """
+
+    def __init__(self, first: nn.Conv2d, second: nn.Conv2d) -> None:
+        super().__init__()
+        if not composable(first, second):
+            raise ValueError("ComposedFactorizedConv: expects a (k×1) conv followed by a (1×k) depthwise conv")
+        c_mid, c_out = second.in_channels, second.out_channels
+        kh, kw = first.kernel_size[0], second.kernel_size[1]
+        mid_of_out = torch.arange(c_out) // (c_out // c_mid)
+        w1 = first.weight.detach()[:, :, :, 0]  # (C_mid, C_in/g, kh)
+        w2 = second.weight.detach()[:, 0, 0, :]  # (C_out, kw)
+        self.register_buffer("weight", (w1[mid_of_out][:, :, :, None] * w2[:, None, None, :]).contiguous())
+        b1 = first.bias.detach() if first.bias is not None else torch.zeros(c_mid)
+        b2 = second.bias.detach() if second.bias is not None else torch.zeros(c_out)
+        self.register_buffer("b1", b1.clone())
+        self.register_buffer("b2", b2.clone())
+        self.register_buffer("w2", second.weight.detach().clone())
+        self.stride = (first.stride[0], second.stride[1])
+        self.padding = (first.padding[0], second.padding[1])  # type: ignore[index]
+        self.groups = first.groups
+        self.kernel_size = (kh, kw)
+        self._bias_maps: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
+
+    def bias_map(self, width: int) -> Tensor:
+        """B = conv2(b1) + b2 for an input of ``width`` columns: (1, C_out, 1, W')."""
+        key = (width, self.b1.dtype, self.b1.device)
+        if key not in self._bias_maps:
+            b1 = self.b1.view(1, -1, 1, 1).expand(1, -1, 1, width)
+            self._bias_maps[key] = F.conv2d(
+                b1, self.w2, self.b2, (1, self.stride[1]), (0, self.padding[1]), 1, b1.shape[1]
+            )
+        return self._bias_maps[key]
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.conv2d(x, self.weight, None, self.stride, self.padding, 1, self.groups)
+        return y + self.bias_map(x.shape[-1])
+
+
+def composable(first: nn.Module, second: nn.Module) -> bool:
+    """Whether ``first`` (k×1 conv) and ``second`` (1×k depthwise conv) can be composed into one k×k conv."""
+    if type(first) is not nn.Conv2d or type(second) is not nn.Conv2d:
+        return False
+    return (
+        first.kernel_size[1] == 1
+        and second.kernel_size[0] == 1
+        and first.stride[1] == 1
+        and second.stride[0] == 1
+        and first.padding[1] == 0  # type: ignore[index]
+        and second.padding[0] == 0  # type: ignore[index]
+        and first.dilation == (1, 1)
+        and second.dilation == (1, 1)
+        and isinstance(first.padding, tuple)
+        and second.groups == second.in_channels == first.out_channels
+        and second.out_channels % second.in_channels == 0
+        and first.padding_mode == second.padding_mode == "zeros"
+    )
+
+
+class ConvBN(FoldedForward, nn.Sequential):
+    """Conv2d (no bias) + BatchNorm2d. ``kernel``/``stride``/``padding`` may be (h, w) pairs.
+
+    Eval without autograd runs the BN-folded conv (:class:`dyncore.nn.FoldedForward`)."""
+
+    def build_folded(self) -> nn.Module:
+        return fold_bn(self[0], self[1])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.folded()(x) if self.use_folded() else super().forward(x)  # type: ignore[no-any-return]
 
     def __init__(
         self,
@@ -161,9 +272,11 @@ class MicroFactorizedPointwise(nn.Module):
         return self.expand(self.shuffle(self.activation(self.compress(x))))
 
 
-class MicroFactorizedDepthwise(nn.Sequential):
+class MicroFactorizedDepthwise(FoldedForward, nn.Sequential):
     """Micro-Factorized depthwise convolution: k×1 depthwise (C→C·c1, stride (s, 1)) + BN → 1×k depthwise
     (→C·c1·c2, stride (1, s)) + BN. No activation between the two.
+
+    Eval without autograd runs both, BNs folded, as ONE k×k conv (:class:`ComposedFactorizedConv`).
 
     Shapes: (B, C, H, W) → (B, C·c1·c2, ⌈H/s⌉, ⌈W/s⌉).
     """
@@ -191,6 +304,13 @@ class MicroFactorizedDepthwise(nn.Sequential):
             ),
         )
         self.in_channels, self.out_channels = channels, channels * c1 * c2
+
+    def build_folded(self) -> nn.Module:
+        first, second = (fold_bn(pair[0], pair[1]) for pair in self)  # type: ignore[index]
+        return ComposedFactorizedConv(first, second)  # type: ignore[arg-type]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.folded()(x) if self.use_folded() else super().forward(x)  # type: ignore[no-any-return]
 
 
 class LiteCombination(nn.Module):

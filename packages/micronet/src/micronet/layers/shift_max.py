@@ -13,6 +13,7 @@ Output order: k-major, then j, then channel ([a1|b1|a2|b2] for J = K = 2).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Literal
 
@@ -21,12 +22,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dyncore.complexity import MAddsConvention, linear_madds
-from dyncore.nn import CoefficientBranch
+from dyncore.nn import CoefficientBranch, FoldedForward
 
 __all__ = [
     "COEFF_SCALE",
     "DynamicReLU",
     "DynamicShiftMax",
+    "FusedShiftMax",
     "SEReLU",
     "ShiftRule",
     "StaticShiftMax",
@@ -149,8 +151,10 @@ class _ShiftMaxBase(nn.Module):
         return f"channels={self.channels}, groups={self.groups}, K={self.k}, J={self.j}, shift={self.shift!r}"
 
 
-class DynamicShiftMax(_ShiftMaxBase):
+class DynamicShiftMax(FoldedForward, _ShiftMaxBase):
     """Dynamic Shift-Max (Eq. 4.4) with input-dependent coefficients a^k_{i,j}(x).
+
+    Eval without autograd runs :class:`FusedShiftMax` (:class:`dyncore.nn.FoldedForward`).
 
     Args:
         channels: C.
@@ -189,8 +193,13 @@ class DynamicShiftMax(_ShiftMaxBase):
         assert isinstance(h, Tensor)
         return (h.view(x.shape[0], self.k, self.j, self.channels, 1, 1) - 0.5) * COEFF_SCALE + self.init
 
+    def build_folded(self) -> nn.Module:
+        return FusedShiftMax(self, None)
+
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
+        if self.use_folded():  # coefficient map folded into the FC, K fusions as max(addcmul, …)
+            return self.folded()(x)  # type: ignore[no-any-return]
         return self.fuse(x, self.coefficient_values(x))
 
     def madds(self, inputs: tuple[Tensor, ...], output: Tensor, convention: MAddsConvention) -> int:
@@ -255,3 +264,60 @@ class SEReLU(DynamicShiftMax):
 
     def __init__(self, channels: int, *, squeeze: int = 4) -> None:
         super().__init__(channels, groups=1, k=1, j=1, squeeze=squeeze, add_relu=True)
+
+
+class FusedShiftMax(nn.Module):
+    """Inference form of :class:`DynamicShiftMax` followed by an optional channel permutation P.
+
+    out[:, c] = max_k Σ_j a^k_{P(c),j}(x) · x[:, shift_j(P(c))]; (B, C, H, W) → (B, C, H, W).
+    """
+
+    offset: Tensor
+
+    def __init__(self, dsm: DynamicShiftMax, perm: Tensor | None) -> None:
+        super().__init__()
+        c, k, j = dsm.channels, dsm.k, dsm.j
+        p = torch.arange(c) if perm is None else perm
+        fc1, fc2 = dsm.coefficients.fc, dsm.coefficients.heads["out"]
+        assert isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)
+        self.fc1 = copy.deepcopy(fc1)
+        # rows of fc2 are (k, j, c): permute c by P, then fold h_sigmoid's +3 and the ×(4/6) scale
+        rows = (torch.arange(k * j).view(-1, 1) * c + p.view(1, -1)).reshape(-1)
+        self.fc2 = nn.Linear(fc2.in_features, fc2.out_features)
+        assert fc2.bias is not None
+        self.fc2.weight.data = fc2.weight.detach()[rows] * (4.0 / 6.0)
+        self.fc2.bias.data = (fc2.bias.detach()[rows] + 3.0) * (4.0 / 6.0)
+        offset = dsm.init.view(k, j, c)[:, :, p] - 2.0  # (K, J, C)
+        self.register_buffer("offset", offset.reshape(1, k * j * c).clone())
+        # one gather per shifted copy read (x[P], x[shift_j∘P]); x itself is read directly when P is the identity
+        self.identity_first = perm is None
+        gathers = [p] + [dsm.index[jj - 1][p] for jj in range(1, j)]
+        if self.identity_first:
+            gathers = gathers[1:]
+        self.n_gathers = len(gathers)
+        for i, idx in enumerate(gathers):
+            self.register_buffer(f"gather{i}", idx.clone())
+        self.channels, self.k, self.j = c, k, j
+        self.add_relu = dsm.add_relu
+
+    def _copies(self, x: Tensor) -> list[Tensor]:
+        copies = [x] if self.identity_first else []
+        for i in range(self.n_gathers):
+            index: Tensor = getattr(self, f"gather{i}")
+            copies.append(x.index_select(1, index))
+        return copies
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c = x.shape[0], self.channels
+        t = self.fc2(F.relu(self.fc1(x.mean((2, 3)))))
+        # K·J coefficient maps (B, C, 1, 1), sliced on the small (B, K·J·C) tensor, never on the feature map
+        coeff = (torch.clamp(t, 0.0, 4.0) + self.offset).view(b, self.k * self.j, c, 1, 1).unbind(1)
+        xs = self._copies(x)
+        out: Tensor | None = None
+        for kk in range(self.k):
+            z = coeff[kk * self.j] * xs[0]
+            for jj in range(1, self.j):
+                z = torch.addcmul(z, coeff[kk * self.j + jj], xs[jj])
+            out = z if out is None else torch.maximum(out, z)
+        assert out is not None
+        return F.relu(out) if self.add_relu else out
