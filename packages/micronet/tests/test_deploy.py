@@ -61,6 +61,14 @@ def test_composed_factorized_depthwise_is_exact(kernel: int, stride: int, multip
         x = torch.randn(2, 6, h, w)
         with torch.no_grad(), folded_forward(False):  # the block's defining two-conv forward
             torch.testing.assert_close(composed(x), block(x), rtol=1e-5, atol=1e-5)
+    for pair in block:  # a dilated backbone (segmentation encoders at output stride 16) composes too
+        conv = pair[0]
+        conv.dilation = tuple(2 if k > 1 else 1 for k in conv.kernel_size)
+        conv.padding = tuple(2 * (k // 2) for k in conv.kernel_size)
+    dilated = ComposedFactorizedConv(*(fold_bn(cb[0], cb[1]) for cb in block))
+    x = torch.randn(2, 6, 9, 11)
+    with torch.no_grad(), folded_forward(False):
+        torch.testing.assert_close(dilated(x), block(x), rtol=1e-5, atol=1e-5)
     bias = composed.bias_map(11)[0, :, 0]  # the border columns differ from the interior (b1 is not padded)
     assert not torch.allclose(bias[:, 0], bias[:, 5])
     with pytest.raises(ValueError, match="followed by a"):

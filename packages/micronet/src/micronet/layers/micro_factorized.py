@@ -110,7 +110,8 @@ class ComposedFactorizedConv(nn.Module):
     """Inference form of a (k_h×1) conv with bias b1 followed by a (1×k_w) depthwise conv with bias b2.
 
     conv2(conv1(x) + b1) + b2 = K ∗ x + B with K[o] = W1[o // c2] ⊗ W2[o] (c2 = C_out / C_mid, the depthwise
-    multiplier), strides (s_h, s_w) and paddings (p_h, p_w) taken from the two convs, and the groups of conv1. The bias
+    multiplier), strides (s_h, s_w), paddings (p_h, p_w) and dilations (d_h, d_w) taken from the two convs (a dilated
+    backbone, e.g. a segmentation encoder at output stride 16, composes too), and the groups of conv1. The bias
     B = conv2(b1) + b2 is constant over rows but not over the p_w border columns (conv2 zero-pads its input, and b1
     is not zero there), so it is a (1, C_out, 1, W') map, built once per input width. Exact (tests).
 
@@ -134,6 +135,7 @@ class ComposedFactorizedConv(nn.Module):
         self.register_buffer("w2", second.weight.detach().clone())
         self.stride = (first.stride[0], second.stride[1])
         self.padding = (first.padding[0], second.padding[1])  # type: ignore[index]
+        self.dilation = (first.dilation[0], second.dilation[1])
         self.groups = first.groups
         self.kernel_size = (kh, kw)
         self._bias_maps: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
@@ -144,12 +146,12 @@ class ComposedFactorizedConv(nn.Module):
         if key not in self._bias_maps:
             b1 = self.b1.view(1, -1, 1, 1).expand(1, -1, 1, width)
             self._bias_maps[key] = F.conv2d(
-                b1, self.w2, self.b2, (1, self.stride[1]), (0, self.padding[1]), 1, b1.shape[1]
+                b1, self.w2, self.b2, (1, self.stride[1]), (0, self.padding[1]), (1, self.dilation[1]), b1.shape[1]
             )
         return self._bias_maps[key]
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.conv2d(x, self.weight, None, self.stride, self.padding, 1, self.groups)
+        y = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
         return y + self.bias_map(x.shape[-1])
 
 
@@ -164,8 +166,6 @@ def composable(first: nn.Module, second: nn.Module) -> bool:
         and second.stride[0] == 1
         and first.padding[1] == 0  # type: ignore[index]
         and second.padding[0] == 0  # type: ignore[index]
-        and first.dilation == (1, 1)
-        and second.dilation == (1, 1)
         and isinstance(first.padding, tuple)
         and second.groups == second.in_channels == first.out_channels
         and second.out_channels % second.in_channels == 0
@@ -307,7 +307,9 @@ class MicroFactorizedDepthwise(FoldedForward, nn.Sequential):
 
     def build_folded(self) -> nn.Module:
         first, second = (fold_bn(pair[0], pair[1]) for pair in self)  # type: ignore[index]
-        return ComposedFactorizedConv(first, second)  # type: ignore[arg-type]
+        if composable(first, second):
+            return ComposedFactorizedConv(first, second)  # type: ignore[arg-type]
+        return nn.Sequential(first, second)  # (e.g. convs replaced by a surgery) BN-folded only
 
     def forward(self, x: Tensor) -> Tensor:
         return self.folded()(x) if self.use_folded() else super().forward(x)  # type: ignore[no-any-return]
