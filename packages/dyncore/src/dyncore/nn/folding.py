@@ -13,6 +13,7 @@ it counts a model through hooks on the modules its forward calls.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
@@ -53,7 +54,7 @@ class _Folded(Generic[T]):
         return self.key == tuple(t._version for t in self.sources)
 
 
-class FoldedForward(nn.Module):
+class FoldedForward(nn.Module, metaclass=abc.ABCMeta):
     """Mixin for modules with a folded eval forward.
 
     Subclasses implement :meth:`build_folded` (the x-independent value: folded weights, a fused module, a plan) and
@@ -65,8 +66,9 @@ class FoldedForward(nn.Module):
                 return self.folded()(x) if self.use_folded() else super().forward(x)
     """
 
+    @abc.abstractmethod
     def build_folded(self) -> Any:
-        raise NotImplementedError(f"{type(self).__name__} must implement build_folded()")
+        """The x-independent value the folded forward runs from (built without autograd)."""
 
     def use_folded(self) -> bool:
         """Eval mode, autograd off and folded forwards enabled."""
