@@ -11,27 +11,18 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 from dcd.inference import fold_batchnorm, set_apply_mode
 from dcd.models import DynamicConfig, mobilenetv2
+from dyncore.bench import call_ms
 
 
 def timed(fn, n: int, warm: int = 3) -> float:
-    for _ in range(warm):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    """Median seconds of ``fn()`` with the GPU synchronised around each call."""
+    return call_ms(fn, repeats=n, warmup=warm, cuda=True) / 1e3
 
 
 def graphed(model: torch.nn.Module, x: torch.Tensor):

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from torch import nn
 
 from dyncore.bench import (
+    call_ms,
     compare_latency,
     compare_train_throughput,
     latency_ms,
@@ -94,3 +97,19 @@ def test_peak_memory_sees_a_large_allocation():
     mb = peak_memory_mb(alloc)
     assert 48 <= mb <= 1024
     assert peak_memory_mb(lambda: None) < 48
+
+
+def test_call_ms_times_a_plain_callable_with_autograd_untouched() -> None:
+    calls = []
+    w = torch.ones(3, requires_grad=True)
+
+    def step() -> None:
+        calls.append(torch.is_grad_enabled())
+        (w * 2).sum().backward()
+        time.sleep(0.002)
+
+    ms = call_ms(step, repeats=4, warmup=1, cuda=False)
+    assert len(calls) == 5 and all(calls)  # warm-up + repeats, autograd on (a training step)
+    assert 2.0 <= ms < 200.0
+    with pytest.raises(ValueError):
+        call_ms(step, repeats=0)

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "call_ms",
     "compare_latency",
     "compare_train_throughput",
     "latency_ms",
@@ -102,9 +103,10 @@ def _eval_mode(fn: Callable[..., Any]) -> Iterator[None]:
         yield
 
 
-def _time_calls(fn: Callable[..., Any], example: tuple[Any, ...], n: int) -> list[float]:
-    """``n`` timings (ms) of ``fn(*example)``; CUDA work is synchronised inside each timing."""
-    cuda = _on_cuda(example)
+def _time_calls(fn: Callable[..., Any], example: tuple[Any, ...], n: int, *, cuda: bool | None = None) -> list[float]:
+    """``n`` timings (ms) of ``fn(*example)``; CUDA work is synchronised inside each timing (``cuda=None``: when an
+    example tensor is on a GPU)."""
+    cuda = _on_cuda(example) if cuda is None else cuda
     times = []
     for _ in range(n):
         if cuda:
@@ -115,6 +117,15 @@ def _time_calls(fn: Callable[..., Any], example: tuple[Any, ...], n: int) -> lis
             torch.cuda.synchronize()
         times.append((time.perf_counter() - t0) * 1e3)
     return times
+
+
+def call_ms(fn: Callable[[], Any], *, repeats: int, warmup: int = 3, cuda: bool | None = None) -> float:
+    """Median wall time (ms) of ``fn()`` as the caller runs it (no eval mode, autograd untouched): for training
+    steps and replayed CUDA graphs. ``cuda=None`` synchronises the GPU around each call when one is available."""
+    _check_counts(warmup=warmup, repeats=repeats)
+    sync = torch.cuda.is_available() if cuda is None else cuda
+    _time_calls(fn, (), warmup, cuda=sync)
+    return statistics.median(_time_calls(fn, (), repeats, cuda=sync))
 
 
 def latency_ms(
