@@ -26,16 +26,25 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dyncore.io import atomic_write_json, atomic_write_text, remove_stale_tmp
+
 if TYPE_CHECKING:
     from dyncore.training import JSONLLogger
 
-__all__ = ["Command", "RunDir", "add_common_args", "main", "resolve_device", "run_cli"]
+__all__ = ["Command", "RunDir", "UsageError", "add_common_args", "main", "resolve_device", "run_cli"]
+
+
+class UsageError(ValueError):
+    """A user error (a bad flag value, an unusable file): :func:`run_cli` prints ``<prog> <command>: error: <msg>``
+    and exits 2, without a traceback."""
 
 
 class RunDir:
@@ -51,6 +60,9 @@ class RunDir:
             raise NotADirectoryError(f"RunDir: {self.path} exists and is not a directory")
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         self.plots.mkdir(parents=True, exist_ok=True)
+        #: temporaries of writes a killed run left behind, removed here (by rank 0 alone: under torchrun another
+        #: rank's RunDir must not delete a file rank 0 is writing)
+        self.removed_tmp = remove_stale_tmp(self.path) if os.environ.get("RANK", "0") == "0" else []
         self._metrics: JSONLLogger | None = None
 
     @property
@@ -71,15 +83,37 @@ class RunDir:
     def metrics_path(self) -> Path:
         return self.path / "metrics.jsonl"
 
+    @property
+    def result_path(self) -> Path:
+        return self.path / "result.json"
+
     def write_config(self, config: dict[str, Any] | argparse.Namespace) -> Path:
-        """Write the resolved config to ``config.json`` (Paths, devices and other objects as strings); returns it."""
+        """Write the resolved config to ``config.json`` atomically (Paths, devices and other objects as strings);
+        returns it. Call it once the run is known to proceed (after a resume check), so that a refused run does not
+        overwrite the config of the run it refused to continue."""
         data = dict(vars(config)) if isinstance(config, argparse.Namespace) else dict(config)
         data = {k: v for k, v in data.items() if not callable(v)}  # drop argparse's bound handler, if any
         text = json.dumps(data, indent=2, sort_keys=True, default=str)
-        tmp = self.config_path.with_suffix(".json.tmp")
-        tmp.write_text(text + "\n", encoding="utf-8")
-        tmp.replace(self.config_path)
-        return self.config_path
+        return atomic_write_text(self.config_path, text + "\n")
+
+    def read_result(self) -> dict[str, Any]:
+        """``result.json`` as a dict ({} when there is none yet)."""
+        if not self.result_path.exists():
+            return {}
+        try:
+            data = json.loads(self.result_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{self.result_path} is not valid JSON ({exc}); remove it or use another --out") from exc
+        if not isinstance(data, dict):
+            raise UsageError(f"{self.result_path} holds a {type(data).__name__}, expected a JSON object")
+        return data
+
+    def update_result(self, **fields: Any) -> dict[str, Any]:
+        """Merge ``fields`` into ``result.json`` (written atomically) and return the merged result. Use
+        :meth:`read_result` first to carry a best value across resumes."""
+        data = {**self.read_result(), **fields}
+        atomic_write_json(self.result_path, data, sort_keys=True)
+        return data
 
     @property
     def metrics(self) -> JSONLLogger:
@@ -170,17 +204,42 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
         return super()._get_help_string(action)
 
 
+#: Exceptions that are the user's doing (a flag, a file): reported as ``error: <message>``, exit 2.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from dyncore.training.checkpoint import CheckpointError
+
+    return (*USER_ERRORS, CheckpointError)
+
+
+def _package_version(prog: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(prog)
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed as a distribution)"
+
+
 def run_cli(prog: str, description: str | None, commands: Sequence[Command], argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``) into one of ``commands`` and run it; returns the exit code.
 
-    ``--help`` → 0; an unknown subcommand or a bad flag → 2 (argparse prints the usage to stderr); otherwise the
-    command's return value (None → 0). The common flags are added to every subcommand; ``args.device`` is resolved,
-    ``args.out`` defaults to ``runs/<prog>/<command>`` and ``--threads`` is applied before ``run``.
+    ``--help`` / ``--version`` → 0; an unknown subcommand or a bad flag → 2 (argparse prints the usage to stderr);
+    otherwise the command's return value (None → 0). The common flags are added to every subcommand; ``args.device``
+    is resolved, ``args.out`` defaults to ``runs/<prog>/<command>`` and ``--threads`` is applied before ``run``.
+
+    Errors raised by the command become one line on stderr, never a traceback (``--debug`` re-raises them):
+    a user error (:class:`UsageError`, ValueError, OSError, ``CheckpointError``) →
+    ``<prog> <command>: error: <message>``, exit 2; anything else → ``... error: internal error: <Type>: <message>``,
+    exit 1; Ctrl-C (SIGINT) → ``... interrupted; rerun the same command to resume``, exit 130.
     """
     names = [c.name for c in commands]
     if not commands or len(set(names)) != len(names):
         raise ValueError(f"run_cli: commands must be non-empty with unique names, got {names}")
     parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=_Formatter)
+    parser.add_argument("--version", action="version", version=f"{prog} {_package_version(prog)}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     sub.required = True
     parsers: dict[str, argparse.ArgumentParser] = {}
@@ -189,13 +248,16 @@ def run_cli(prog: str, description: str | None, commands: Sequence[Command], arg
         cmd.add_arguments(p)
         if cmd.common:
             add_common_args(p)
+        if not _has_option(p, "--debug"):
+            p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
         parsers[cmd.name] = p
     try:
         args = parser.parse_args(None if argv is None else list(argv))
-    except SystemExit as exc:  # --help (0) or a usage error (2)
+    except SystemExit as exc:  # --help / --version (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     command = next(c for c in commands if c.name == args.command)
     sub_parser = parsers[command.name]
+    where = f"{prog} {command.name}"
     try:
         if getattr(args, "device", None) is not None:
             args.device = resolve_device(str(args.device))
@@ -207,12 +269,39 @@ def run_cli(prog: str, description: str | None, commands: Sequence[Command], arg
             torch.set_num_threads(args.threads)
     except ValueError as exc:
         sub_parser.print_usage(sys.stderr)
-        print(f"{prog} {command.name}: error: {exc}", file=sys.stderr)
+        print(f"{where}: error: {exc}", file=sys.stderr)
         return 2
     if hasattr(args, "out") and args.out is None:
         args.out = Path("runs") / prog / command.name
-    rc = command.run(args)
+    debug = bool(getattr(args, "debug", False))
+    try:
+        rc = command.run(args)
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print(f"{where}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except _user_errors() as exc:
+        if debug:
+            raise
+        print(f"{where}: error: {_message(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if debug:
+            raise
+        print(
+            f"{where}: error: internal error: {type(exc).__name__}: {_message(exc)} "
+            "(rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
     return 0 if rc is None else int(rc)
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc) or type(exc).__name__
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from dyncore.nn.functional import (
     hsig2,
     make_divisible,
 )
+from dyncore.nn.reparam import Reparameterizable, fold_batchnorm, reparameterize_model
 
 __all__ = [
     "APPLY_MODES",
@@ -34,6 +35,7 @@ __all__ = [
     "ApplyMode",
     "CoefficientBranch",
     "FoldedForward",
+    "Reparameterizable",
     "apply_output_map",
     "center_tap",
     "channel_shuffle",
@@ -44,6 +46,7 @@ __all__ = [
     "expert_mixture_conv2d",
     "expert_mixture_madds",
     "fastest_mode",
+    "fold_batchnorm",
     "folded_forward",
     "folded_forward_enabled",
     "h_sigmoid",
@@ -55,4 +58,5 @@ __all__ = [
     "make_divisible",
     "mix_experts",
     "pointwise_per_sample",
+    "reparameterize_model",
 ]

@@ -10,6 +10,7 @@
 - metrics: :func:`accuracy` (top-k, percent), :class:`ConfusionMatrix` (IoU/mIoU with ignore index)
 - logs: :class:`JSONLLogger`, :func:`get_logger`, :func:`progress`
 - data: :class:`InfiniteLoader`
+- guards: :func:`check_finite` (loss), :func:`check_finite_state` (weights), :class:`NonFiniteError`
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from dyncore.training.distributed import (
     unwrap,
     wrap_ddp,
 )
+from dyncore.training.guards import NonFiniteError, check_finite, check_finite_state
 from dyncore.training.loaders import InfiniteLoader
 from dyncore.training.logs import JSONLLogger, get_logger, progress, progress_enabled
 from dyncore.training.metrics import ConfusionMatrix, accuracy
@@ -50,10 +52,13 @@ __all__ = [
     "IncompatibleCheckpointError",
     "InfiniteLoader",
     "JSONLLogger",
+    "NonFiniteError",
     "accuracy",
     "all_reduce_mean",
     "autocast",
     "barrier",
+    "check_finite",
+    "check_finite_state",
     "config_fingerprint",
     "get_logger",
     "get_rng_state",

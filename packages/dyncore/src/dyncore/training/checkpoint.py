@@ -12,13 +12,12 @@ fails loudly (:class:`ConfigMismatchError`) instead of silently training somethi
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
 import pickle
-import tempfile
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +25,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from dyncore.io import atomic_torch_save
 from dyncore.training.distributed import DistEnv, barrier, unwrap
 from dyncore.training.seed import get_rng_state, set_rng_state
 
@@ -96,44 +96,9 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> P
     """
     if not isinstance(state, Mapping):
         raise TypeError(f"save_checkpoint: `state` must be a dict, got {type(state).__name__}")
-    target = Path(path)
-    if target.exists() and target.is_dir():
-        raise IsADirectoryError(f"save_checkpoint: {target} is a directory, expected a file path")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_directory(target.parent)
-    return target
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable. Not possible on every platform/filesystem; best effort.
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"save_checkpoint: {path} is a directory, expected a file path")
+    return atomic_torch_save(path, dict(state))
 
 
 def load_checkpoint(
@@ -157,10 +122,15 @@ def load_checkpoint(
     size = p.stat().st_size
     if size == 0:
         raise CheckpointError(f"checkpoint file {p} is empty (0 bytes): an interrupted copy or write?")
+    if not _looks_like_torch_file(p):
+        raise CheckpointError(
+            f"checkpoint file {p} ({size} bytes) is not a checkpoint: truncated, corrupt or not a torch checkpoint "
+            "(neither a complete torch.save zip archive nor a legacy torch pickle)"
+        )
     try:
         obj = torch.load(p, map_location=map_location, weights_only=weights_only)
     except pickle.UnpicklingError as e:
-        if weights_only and "weights_only" in str(e):
+        if weights_only and "weights_only" in str(e) and zipfile.is_zipfile(p):
             raise CheckpointError(
                 f"checkpoint file {p} contains Python objects that weights_only loading refuses; if you trust "
                 f"the file, call load_checkpoint(..., weights_only=False). Details: {_first_line(e)}"
@@ -175,6 +145,15 @@ def load_checkpoint(
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint file {p} holds a {type(obj).__name__}, not a checkpoint dict")
     return obj
+
+
+def _looks_like_torch_file(p: Path) -> bool:
+    """A ``torch.save`` file: a zip archive (the default since torch 1.6) or a legacy pickle (protocol ≥ 2 header)."""
+    if zipfile.is_zipfile(p):
+        return True
+    with p.open("rb") as f:
+        head = f.read(2)
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 def _first_line(e: BaseException) -> str:
