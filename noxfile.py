@@ -44,6 +44,7 @@ BASE_REQUIREMENTS = [
     "torchmetrics",
     "onnx",
     "onnxruntime",
+    "onnxscript",
     "pytest>=8",
     "ruff==0.17.5",
     "mypy==2.4.1",

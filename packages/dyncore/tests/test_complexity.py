@@ -234,3 +234,32 @@ def test_functional_keyword_arguments_and_addmm():
             return F.linear(x, weight=self.w) + torch.addmm(self.b, x, self.w.t())
 
     assert count_madds(KW(), torch.randn(4, 3)).total == 2 * 5 * 3
+
+
+@pytest.mark.parametrize("builder", ["mobilenet_v2", "resnet18"])
+def test_count_madds_agrees_with_flop_counter_mode_and_forward_hooks(builder: str) -> None:
+
+    from dyncore.complexity import flop_counter_madds, hook_madds
+
+    kwargs = {"width_mult": 0.5} if builder == "mobilenet_v2" else {}
+    model = getattr(torchvision.models, builder)(num_classes=10, **kwargs)
+    x = torch.randn(2, 3, 64, 64)
+    ours = count_madds(model, x).total
+    assert ours == flop_counter_madds(model, x) == hook_madds(model, x)
+    assert ours > 1_000_000  # a real count, not an empty one
+
+
+def test_reference_counters_see_what_they_claim_to() -> None:
+    from dyncore.complexity import flop_counter_madds, hook_madds
+
+    class Functional(nn.Module):  # work done outside Conv2d/Linear modules
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(8, 4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x @ self.w
+
+    x = torch.randn(3, 8)
+    assert flop_counter_madds(Functional(), x) == 8 * 4
+    assert hook_madds(Functional(), x) == 0

@@ -165,3 +165,20 @@ def test_check_finite_state_names_the_tensor_and_file() -> None:
         net[1].running_var[0] = float("nan")
     with pytest.raises(NonFiniteError, match=r"w\.pt: tensor '1\.running_var' holds NaN"):
         check_finite_state(net.state_dict(), source="w.pt")
+
+
+@pytest.mark.quick
+def test_jsonl_resume_drops_records_past_the_checkpoint_and_keeps_steps_continuous(tmp_path: Path) -> None:
+    from dyncore.training import JSONLLogger
+
+    path = tmp_path / "metrics.jsonl"
+    first = JSONLLogger(path)
+    for step in range(5):  # checkpoint taken after step 2; steps 3 and 4 were logged before a kill
+        first.log(step=step, loss=1.0 / (step + 1))
+    again = JSONLLogger(path)
+    assert again.resume(3) == 2
+    again.log(step=3, loss=0.25)
+    again.log(loss=0.2)  # default step continues after the kept records
+    steps = [r["step"] for r in JSONLLogger.read(path)]
+    assert steps == [0, 1, 2, 3, 4] and len(set(steps)) == len(steps)
+    assert JSONLLogger(tmp_path / "none.jsonl").resume(10) == 0

@@ -265,3 +265,27 @@ def test_pointwise_per_sample_equals_grouped_conv(stride: int) -> None:
     )
     with pytest.raises(ValueError, match="do not fit an input"):
         pointwise_per_sample(x, w[:2])
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_temperature_is_validated_at_construction_and_on_assignment(bad: float) -> None:
+    from dyncore.nn import CoefficientBranch
+
+    with pytest.raises(ValueError, match="temperature must be a positive finite number"):
+        CoefficientBranch(4, 3, output="softmax", temperature=bad)
+    branch = CoefficientBranch(4, 3, output="softmax", temperature=30.0)
+    branch.temperature = 2.0
+    assert branch.temperature == 2.0
+    with pytest.raises(ValueError, match="temperature must be a positive finite number"):
+        branch.temperature = bad
+    assert branch.temperature == 2.0
+
+
+@pytest.mark.quick
+def test_expert_mixture_conv2d_refuses_zero_experts() -> None:
+    from dyncore.nn import expert_mixture_conv2d
+
+    x = torch.randn(2, 3, 5, 5)
+    with pytest.raises(ValueError, match=r"experts must be \(K ≥ 1"):
+        expert_mixture_conv2d(x, torch.zeros(0, 4, 3, 3, 3), torch.zeros(2, 0))

@@ -52,6 +52,8 @@ __all__ = [
     "conv2d_madds",
     "count_madds",
     "count_parameters",
+    "flop_counter_madds",
+    "hook_madds",
     "linear_madds",
 ]
 
@@ -511,3 +513,60 @@ def count_madds(
         if n:
             by_module[name] = n
     return MAddsReport(total=sum(by_module.values()), by_module=by_module, convention=convention, module_types=types)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Independent reference counts (cross-checks of count_madds)
+
+
+def _batch_of(x: Tensor) -> int:
+    if not isinstance(x, Tensor) or x.dim() == 0:
+        raise ValueError("reference MAdds counters need one batched tensor input (B, ...)")
+    return int(x.shape[0])
+
+
+@torch.no_grad()
+def flop_counter_madds(model: nn.Module, x: Tensor) -> int:
+    """MAdds per sample of ``model(x)`` in eval mode as ``torch.utils.flop_counter.FlopCounterMode`` counts them:
+    its FLOPs (2 per multiply-add of every matmul-like aten op: convolution, mm, addmm, bmm, ...) halved."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return round(counter.get_total_flops() / 2 / _batch_of(x))
+
+
+@torch.no_grad()
+def hook_madds(model: nn.Module, x: Tensor) -> int:
+    """MAdds per sample of ``model(x)`` in eval mode counted the plainest way: a forward hook on every ``nn.Conv2d``
+    (output elements × C_in/groups × k_h × k_w) and ``nn.Linear`` (output elements × in_features). Work done by
+    functional calls outside such modules is not seen."""
+    total = [0]
+
+    def conv_hook(m: nn.Module, _: Any, out: Tensor) -> None:
+        assert isinstance(m, nn.Conv2d)
+        total[0] += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def linear_hook(m: nn.Module, _: Any, out: Tensor) -> None:
+        assert isinstance(m, nn.Linear)
+        total[0] += out.numel() * m.in_features
+
+    handles = [
+        m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        model(x)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return round(total[0] / _batch_of(x))

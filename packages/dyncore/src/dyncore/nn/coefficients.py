@@ -11,6 +11,7 @@ With ``hidden=None`` each head reads the pooled features directly (CondConv's si
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -96,8 +97,6 @@ class CoefficientBranch(nn.Module):
             )
         if hidden is not None and hidden <= 0:
             raise ValueError(f"CoefficientBranch: hidden must be positive or None, got {hidden}")
-        if temperature <= 0:
-            raise ValueError(f"CoefficientBranch: temperature must be positive, got {temperature}")
         self.single = isinstance(heads, int)
         head_sizes: dict[str, int] = {"out": heads} if isinstance(heads, int) else dict(heads)
         if not head_sizes or any(n <= 0 for n in head_sizes.values()):
@@ -125,6 +124,18 @@ class CoefficientBranch(nn.Module):
                 self.gate = nn.Linear(hidden, hidden, bias=hidden_bias)
             width = hidden
         self.heads = nn.ModuleDict({k: nn.Linear(width, n, bias=bias) for k, n in head_sizes.items()})
+
+    @property
+    def temperature(self) -> float:
+        """Softmax temperature τ (> 0, finite); validated on every assignment (annealing schedules set it)."""
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        t = float(value)
+        if not math.isfinite(t) or t <= 0:
+            raise ValueError(f"CoefficientBranch: temperature must be a positive finite number, got {value}")
+        self._temperature = t
 
     def pooled(self, x: Tensor) -> Tensor:
         """(B, C, H, W) → (B, C·pool²); a (B, C) input is taken as already pooled (pool must be 1)."""

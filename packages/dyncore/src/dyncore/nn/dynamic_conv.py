@@ -224,6 +224,10 @@ def expert_mixture_conv2d(
     mode = check_mode(mode)
     check_rank(x, (4,), "expert_mixture_conv2d(x)")
     batch = x.shape[0]
+    if experts.dim() != 5 or experts.shape[0] == 0:
+        raise ValueError(
+            f"expert_mixture_conv2d: experts must be (K ≥ 1, O, C/groups, kh, kw), got {tuple(experts.shape)}"
+        )
     if coeffs.shape != (batch, experts.shape[0]):
         raise ValueError(
             f"expert_mixture_conv2d: coeffs must be (B={batch}, K={experts.shape[0]}), got {tuple(coeffs.shape)}"

@@ -72,6 +72,25 @@ class JSONLLogger:
                 f.flush()
         return record
 
+    def resume(self, step: int) -> int:
+        """Continue a run resumed at ``step``: drop the records with a step ≥ ``step`` (written after the checkpoint
+        the run resumes from, so they will be logged again) by an atomic rewrite, and continue the default step
+        count after the records kept. Returns how many records were dropped. A missing file is fine (none kept)."""
+        kept: list[dict[str, Any]] = []
+        dropped = 0
+        if self.path.exists():
+            for record in self.read(self.path):
+                if int(record.get("step", -1)) < step:
+                    kept.append(record)
+                else:
+                    dropped += 1
+            if self.enabled and dropped:
+                from dyncore.io import atomic_write_text
+
+                atomic_write_text(self.path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept))
+        self._count = len(kept)
+        return dropped
+
     @staticmethod
     def read(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         """All records of a JSONL file (raises ValueError naming the file and line for a malformed line)."""
