@@ -2,7 +2,8 @@
 
 Commands:
   train  pretrain a small backbone on the embedded source task (or load one), adapt it to target tasks with residual
-         adapters, then CovNorm (independent or joint); writes checkpoints/model.pt + metrics.jsonl
+         adapters, then CovNorm (independent or joint); writes checkpoints/model.pt, metrics.jsonl, result.json;
+         checkpointed after every stage: rerun the same command to resume an interrupted run
   eval   rebuild a trained multi-domain model from its checkpoint and report accuracy and % parameters per task
   demo   the miniature Table 2.1 (BN, RA, FTA, SVD+FTA, PCA+FTA, LoRA, FNFT, CovNorm, joint CovNorm) + plots
   bench  streaming statistics: peak memory as the number of images grows ×10
@@ -27,19 +28,48 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-limit", type=int, default=None, help="training images per task (default: the demo's)")
     p.add_argument("--test-limit", type=int, default=None, help="test images per task (default: the demo's)")
     p.add_argument("--source-limit", type=int, default=None, help="source-task training images (default: the demo's)")
+    p.add_argument("--epochs", type=int, default=None, help="adapter (RA) fine-tuning epochs per task (default 3)")
+    p.add_argument("--pretrain-epochs", type=int, default=None, help="source pretraining epochs (default 4)")
 
 
-def _config(args: argparse.Namespace) -> Any:
-    from covnorm.demo import DemoConfig
+def _flag(field: str) -> str:
+    """The command-line spelling of a config field (``train_limit`` → ``--train-limit``)."""
+    return "--" + field.replace("_", "-")
 
-    cfg = DemoConfig.quick() if getattr(args, "quick", False) else DemoConfig()
-    cfg.seed = args.seed
-    if getattr(args, "tasks", None):
-        cfg.tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
-    for key in ("train_limit", "test_limit", "source_limit", "epochs", "pretrain_epochs", "threshold"):
+
+#: flags copied into the config when given (the config field has the flag's name)
+_OVERRIDES = (
+    "train_limit",
+    "test_limit",
+    "source_limit",
+    "epochs",
+    "pretrain_epochs",
+    "threshold",
+    "lr",
+    "weight_decay",
+    "pretrain_lr",
+    "covnorm_lr",
+)
+
+
+def _config(args: argparse.Namespace, cls: Any) -> Any:
+    """``cls`` (an ExperimentConfig) from the defaults (``--quick``: the quick ones) and the given flags; a value
+    that cannot work raises UsageError naming the flag."""
+    from covnorm.train import ConfigError
+    from dyncore.cli import UsageError
+
+    fields: dict[str, Any] = {"seed": args.seed}
+    if getattr(args, "tasks", None) is not None:
+        fields["tasks"] = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    for key in _OVERRIDES:
         value = getattr(args, key, None)
         if value is not None:
-            setattr(cfg, key, value)
+            fields[key] = value
+    cfg = cls.quick(**fields) if getattr(args, "quick", False) else cls(**fields)
+    try:
+        cfg.validate()
+    except ConfigError as exc:
+        raise UsageError(f"{_flag(exc.field)} {exc.message}") from None
     return cfg
 
 
@@ -64,166 +94,87 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         help="'thesis': smallest k with r_k > t; 'released': components with r_k < t, at least 2",
     )
     p.add_argument("--init", choices=("exact", "random", "identity"), default="exact", help="initialisation of M")
-    p.add_argument("--epochs", type=int, default=None, help="adapter fine-tuning epochs per task")
-    p.add_argument("--pretrain-epochs", type=int, default=None, help="source pretraining epochs")
+    p.add_argument("--lr", type=float, default=None, help="adapter (RA) fine-tuning learning rate (default 1e-3)")
+    p.add_argument("--covnorm-lr", type=float, default=None, help="CovNorm fine-tuning learning rate (default 3e-4)")
+    p.add_argument("--pretrain-lr", type=float, default=None, help="source pretraining learning rate (default 2e-3)")
     p.add_argument(
+        "--weight-decay", "--wd", dest="weight_decay", type=float, default=None, help="Adam weight decay (5e-4)"
+    )
+    p.add_argument(
+        "--pretrained",
         "--source-checkpoint",
+        dest="pretrained",
         type=Path,
         default=None,
-        help="a source.pt written by an earlier `covnorm train` (skips pretraining)",
+        help="initial weights: a checkpoints/source.pt written by an earlier `covnorm train` (skips pretraining)",
     )
     p.add_argument("--no-absorb", action="store_true", help="keep M separate (independent mode)")
 
 
 def _train(args: argparse.Namespace) -> int:
-    from covnorm.accounting import task_parameters
-    from covnorm.demo import _fit_cfg, _load, pretrain, target_model
-    from covnorm.train import CovNormSchedule, evaluate, fit, fit_covnorm
-    from covnorm.transform import absorb, apply_covnorm, apply_joint_covnorm, collect_statistics, layout
-    from dyncore.cli import RunDir
-    from dyncore.training import load_checkpoint, load_state_dict_strict, save_checkpoint, seed_everything
-
-    if args.threshold is not None and not 0.0 < args.threshold <= 1.0:
-        print(f"covnorm train: error: --threshold must be in (0, 1], got {args.threshold}", file=sys.stderr)
-        return 2
-    seed_everything(args.seed)
-    run = RunDir(args.out)
-    run.write_config(vars(args))
-    cfg = _config(args)
+    from covnorm.pipeline import TrainConfig, train_multidomain
     from covnorm.stats import DEFAULT_THRESHOLD
 
-    cfg.threshold = args.threshold if args.threshold is not None else DEFAULT_THRESHOLD[args.rule]
-    source, tasks = _load(cfg, print)
-    if args.source_checkpoint is not None:
-        ck = load_checkpoint(args.source_checkpoint)
-        from covnorm.demo import DemoConfig
-
-        if ck.get("widths") != [list(w) for w in cfg.widths] or ck.get("hidden") != cfg.hidden:
-            print(f"covnorm train: error: {args.source_checkpoint} has another backbone shape", file=sys.stderr)
-            return 2
-        pre = pretrain(DemoConfig(pretrain_epochs=0, widths=cfg.widths, hidden=cfg.hidden), source)
-        load_state_dict_strict(pre, ck["model"])
-    else:
-        pre = pretrain(cfg, source)
-        save_checkpoint(
-            run.checkpoints / "source.pt",
-            {
-                "model": pre.state_dict(),
-                "widths": [list(w) for w in cfg.widths],
-                "hidden": cfg.hidden,
-            },
-        )
-    model = target_model(pre, source.name, tasks, "residual")
-    stats = {}
-    for t in tasks:
-        model.set_domain(t.name)
-        fit(model, t.train, model.domain_parameters(), _fit_cfg(cfg.epochs, cfg.lr))
-        acc = evaluate(model, t.test)
-        run.metrics.log(task=t.name, stage="ra", accuracy=acc)
-        print(f"{t.name}: RA {acc:.2f} %")
-        stats[t.name] = collect_statistics(model, t.stats, domain=t.name)
-    sched = CovNormSchedule(
-        _fit_cfg(cfg.covnorm_mini_epochs, cfg.covnorm_lr), _fit_cfg(cfg.covnorm_all_epochs, cfg.covnorm_lr)
-    )
-    if args.mode == "joint":
-        report = apply_joint_covnorm(model, stats, threshold=cfg.threshold, rule=args.rule, init=args.init)
-        print(report)
-    for t in tasks:
-        if args.mode == "independent":
-            report = apply_covnorm(
-                model, stats[t.name], domain=t.name, threshold=cfg.threshold, rule=args.rule, init=args.init
-            )
-            print(report)
-        if args.mode != "ra":
-            model.set_domain(t.name)
-            fit_covnorm(model, t.train, sched, shared=args.mode == "joint")
-            if args.mode == "independent" and not args.no_absorb:
-                absorb(model, domain=t.name)
-        acc = evaluate(model.set_domain(t.name), t.test)
-        tp = task_parameters(model, t.name)
-        run.metrics.log(task=t.name, stage=args.mode, accuracy=acc, percent_params=tp.adapter_percent)
-        print(f"{t.name}: {args.mode} {acc:.2f} % with {tp.adapter_percent:.3f} % task-specific parameters")
-    save_checkpoint(
-        run.checkpoints / "model.pt",
-        {
-            "model": model.state_dict(),
-            "layout": layout(model),
-            "tasks": [t.name for t in tasks],
-            "classes": {t.name: t.classes for t in tasks},
-            "widths": [list(w) for w in cfg.widths],
-            "hidden": cfg.hidden,
-        },
-    )
-    print(f"wrote {run.checkpoints / 'model.pt'}")
+    if args.threshold is None:
+        args.threshold = DEFAULT_THRESHOLD[args.rule]
+    cfg = _config(args, TrainConfig)
+    cfg.mode, cfg.rule, cfg.init, cfg.absorb = args.mode, args.rule, args.init, not args.no_absorb
+    cfg.pretrained = None if args.pretrained is None else str(args.pretrained)
+    train_multidomain(cfg, args.out, flag=_flag)
     return 0
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoints/model.pt written by `covnorm train`")
-    p.add_argument("--test-limit", type=int, default=None, help="test images per task")
+    p.add_argument(
+        "--checkpoint",
+        "--weights",
+        dest="checkpoint",
+        type=Path,
+        required=True,
+        help="checkpoints/model.pt written by `covnorm train`",
+    )
+    p.add_argument("--test-limit", type=int, default=1000, help="test images per task")
 
 
 def _eval(args: argparse.Namespace) -> int:
     from covnorm.accounting import task_parameters
-    from covnorm.models import MultiDomainModel, inject, small_vgg, vgg16_sites
-    from covnorm.train import TensorBatches, evaluate
-    from covnorm.transform import apply_layout
+    from covnorm.train import TensorBatches, evaluate, load_trained
+    from dyncore.cli import UsageError
     from dyncore.data import multidomain_task, normalise
-    from dyncore.training import CheckpointError, load_checkpoint, load_state_dict_strict
+    from dyncore.io import atomic_write_json
 
-    try:
-        ck = load_checkpoint(args.checkpoint)
-    except CheckpointError as exc:
-        print(f"covnorm eval: error: {exc}", file=sys.stderr)
-        return 2
-    missing = [k for k in ("model", "layout", "tasks", "classes", "widths", "hidden") if k not in ck]
-    if missing:
-        print(
-            f"covnorm eval: error: {args.checkpoint} lacks {missing} (not written by `covnorm train`)", file=sys.stderr
-        )
-        return 2
-    net = small_vgg(widths=tuple(tuple(w) for w in ck["widths"]), hidden=ck["hidden"], num_classes=1)
-    inject(net, where=vgg16_sites, domains=ck["tasks"])
-    model = MultiDomainModel(net, ck["classes"])
-    apply_layout(model, ck["layout"])
-    # the source classifier of the checkpoint may have another size: take the stored tensors' shapes
-    state = ck["model"]
-    model.backbone.classifier = torch.nn.Linear(*reversed(state["backbone.classifier.weight"].shape))
-    load_state_dict_strict(model, state)
-    limit = args.test_limit or 1000
+    if args.test_limit < 1:
+        raise UsageError(f"--test-limit must be an integer >= 1, got {args.test_limit}")
+    model, ck = load_trained(args.checkpoint)
     rows = ["| task | accuracy % | % params |", "|---|---|---|"]
     scores: dict[str, dict[str, float]] = {}
     for name in ck["tasks"]:
         te = multidomain_task(name, "test", seed=args.seed)
-        data = TensorBatches(normalise(te.images[:limit]), te.labels[:limit].long(), batch_size=256, shuffle=False)
-        acc = evaluate(model.set_domain(name), data)
+        images, labels = normalise(te.images[: args.test_limit]), te.labels[: args.test_limit].long()
+        acc = evaluate(model.set_domain(name), TensorBatches(images, labels, batch_size=256, shuffle=False))
         percent = task_parameters(model, name).adapter_percent
         scores[name] = {"accuracy": acc, "percent_params": percent}
         rows.append(f"| {name} | {acc:.2f} | {percent:.3f} |")
     print("\n".join(rows))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps({"checkpoint": str(args.checkpoint), "tasks": scores}, indent=2))
+    atomic_write_json(Path(args.out) / "eval.json", {"checkpoint": str(args.checkpoint), "tasks": scores}, indent=2)
     return 0
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
     _add_data_args(p)
-    p.add_argument("--epochs", type=int, default=None, help="adapter fine-tuning epochs (default 3; --quick 1)")
-    p.add_argument("--pretrain-epochs", type=int, default=None, help="source pretraining epochs")
     p.add_argument("--threshold", type=float, default=None, help="CovNorm explained-variance threshold (0.99)")
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from covnorm.demo import claims, run_demo
+    from covnorm.demo import DemoConfig, claims, run_demo
     from dyncore.cli import RunDir
     from dyncore.report import write_summary
     from dyncore.training import seed_everything
 
+    cfg = _config(args, DemoConfig)
     seed_everything(args.seed)
     run = RunDir(args.out)
     run.write_config(vars(args))
-    cfg = _config(args)
     t0 = time.time()
     summary = run_demo(cfg, run.path)
     write_summary(

@@ -15,17 +15,27 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from covnorm.accounting import TaskParameters, decathlon_score, task_parameters
 from covnorm.baselines import inject_lora, to_low_rank, to_pca_fta
-from covnorm.layers import ResidualAdapter
-from covnorm.models import MultiDomainModel, adapter_sites, frozen_parameter_count, inject, small_vgg, vgg16_sites
+from covnorm.models import MultiDomainModel, adapter_sites, frozen_parameter_count
 from covnorm.stats import SiteStatistics, explained_variance
-from covnorm.train import CovNormSchedule, FitConfig, TensorBatches, evaluate, fit, fit_covnorm
+from covnorm.train import (
+    CovNormSchedule,
+    ExperimentConfig,
+    TaskData,
+    evaluate,
+    fit,
+    fit_covnorm,
+    load_tasks,
+    pretrain,
+    step_schedule,
+    target_model,
+)
 from covnorm.transform import CovNormReport, absorb, apply_covnorm, apply_joint_covnorm, collect_statistics
 
 __all__ = ["DemoConfig", "run_demo"]
@@ -34,47 +44,23 @@ METHODS = ("BN", "FNFT", "RA", "FTA", "SVD+FTA", "PCA+FTA", "LoRA", "CovNorm", "
 
 
 @dataclass
-class DemoConfig:
-    tasks: tuple[str, ...] | None = None  # None: every embedded target task
-    source_limit: int = 3000
-    train_limit: int = 1000
-    test_limit: int = 1000
-    widths: tuple[tuple[int, ...], ...] = ((16,), (32,), (64, 64))
-    hidden: int = 128
-    batch_size: int = 64
-    pretrain_epochs: int = 4
-    pretrain_lr: float = 2e-3
-    epochs: int = 3  # BN, RA, FTA, SVD+FTA, PCA+FTA, LoRA
+class DemoConfig(ExperimentConfig):
+    """The demo's settings: :class:`~covnorm.train.ExperimentConfig` plus FNFT's epochs and the methods to run."""
+
     fnft_epochs: int = 2
-    lr: float = 1e-3
-    covnorm_mini_epochs: int = 1
-    covnorm_all_epochs: int = 2
-    covnorm_lr: float = 3e-4
-    threshold: float = 0.99
     methods: tuple[str, ...] = METHODS
-    seed: int = 0
 
-    @classmethod
-    def quick(cls) -> DemoConfig:
-        return cls(
-            source_limit=512,
-            train_limit=128,
-            test_limit=160,
-            pretrain_epochs=2,
-            epochs=1,
-            fnft_epochs=1,
-            covnorm_mini_epochs=1,
-            covnorm_all_epochs=1,
-        )
+    def validate(self) -> None:
+        super().validate()
+        from covnorm.train import ConfigError
 
+        if isinstance(self.fnft_epochs, bool) or not isinstance(self.fnft_epochs, int) or self.fnft_epochs < 1:
+            raise ConfigError("fnft_epochs", f"must be an integer >= 1, got {self.fnft_epochs!r}")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise ConfigError("methods", f"must be a non-empty subset of {METHODS}, got {self.methods!r}")
 
-@dataclass
-class TaskData:
-    name: str
-    classes: int
-    train: TensorBatches
-    stats: TensorBatches  # unshuffled pass for statistics
-    test: TensorBatches
+    QUICK: ClassVar[dict[str, int]] = {**ExperimentConfig.QUICK, "fnft_epochs": 1}
 
 
 @dataclass
@@ -88,69 +74,9 @@ class MethodResult:
         return self.params[task].adapter_percent
 
 
-def _load(cfg: DemoConfig, log: Callable[[str], None]) -> tuple[TaskData, list[TaskData]]:
-    from dyncore.data import SOURCE_TASK, multidomain_task, multidomain_tasks, normalise
-
-    def task(name: str, limit: int, test_limit: int) -> TaskData:
-        tr = multidomain_task(name, "train", seed=cfg.seed)
-        te = multidomain_task(name, "test", seed=cfg.seed)
-        x, y = normalise(tr.images[:limit]), tr.labels[:limit].long()
-        xt, yt = normalise(te.images[:test_limit]), te.labels[:test_limit].long()
-        return TaskData(
-            name,
-            len(tr.classes),
-            TensorBatches(x, y, batch_size=cfg.batch_size, seed=cfg.seed),
-            TensorBatches(x, y, batch_size=256, shuffle=False),
-            TensorBatches(xt, yt, batch_size=256, shuffle=False),
-        )
-
-    t0 = time.time()
-    source = task(SOURCE_TASK, cfg.source_limit, cfg.test_limit)
-    names = cfg.tasks or multidomain_tasks()
-    targets = [task(n, cfg.train_limit, cfg.test_limit) for n in names]
-    n_src = len(source.train.images)
-    log(f"data: source {SOURCE_TASK} ({n_src} train), targets {list(names)} ({time.time() - t0:.1f} s)")
-    return source, targets
-
-
-def _fit_cfg(epochs: int, lr: float) -> FitConfig:
-    return FitConfig(epochs=epochs, lr=lr, weight_decay=5e-4, decay_every=max(epochs, 1), gamma=0.1)
-
-
-def pretrain(cfg: DemoConfig, source: TaskData) -> MultiDomainModel:
-    """The source network: VGG-like convs, each followed by the source domain's BN (its B2)."""
-    net = small_vgg(widths=cfg.widths, hidden=cfg.hidden, num_classes=source.classes)
-    inject(net, where=vgg16_sites, domains=[source.name], kind="bn", freeze=False)
-    model = MultiDomainModel(net, {source.name: source.classes})
-    fit(model, source.train, list(model.parameters()), _fit_cfg(cfg.pretrain_epochs, cfg.pretrain_lr))
-    for p in model.backbone.parameters():
-        p.requires_grad_(False)
-    return model
-
-
-def target_model(pre: MultiDomainModel, source: str, tasks: list[TaskData], kind: str) -> MultiDomainModel:
-    """A copy of the frozen source backbone with fresh per-task adapters of ``kind`` whose B1/B2 start as the source
-    BN (so every task starts from the source network) and fresh heads."""
-    backbone = copy.deepcopy(pre.backbone)
-    for _name, module in backbone.named_modules():
-        inserted = getattr(module, "inserted", None)
-        if isinstance(inserted, ResidualAdapter):
-            src = inserted.branch(source).b2.state_dict()
-            adapter = ResidualAdapter(inserted.channels, [t.name for t in tasks], kind=kind)  # type: ignore[arg-type]
-            for d in adapter.domains:
-                branch = adapter.branch(d)
-                branch.b2.load_state_dict(src)
-                if branch.b1 is not None:
-                    branch.b1.load_state_dict(src)
-            module.inserted = adapter
-    for p in backbone.parameters():
-        p.requires_grad_(False)
-    return MultiDomainModel(backbone, {t.name: t.classes for t in tasks}, feature_dim=pre.feature_dim)
-
-
 def _train_eval(model: MultiDomainModel, task: TaskData, epochs: int, lr: float) -> float:
     model.set_domain(task.name)
-    fit(model, task.train, model.domain_parameters(), _fit_cfg(epochs, lr))
+    fit(model, task.train, model.domain_parameters(), step_schedule(epochs, lr))
     return evaluate(model, task.test)
 
 
@@ -164,7 +90,7 @@ def run_demo(cfg: DemoConfig, out: Path, *, log: Callable[[str], None] = print) 
     out = Path(out)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    source, tasks = _load(cfg, log)
+    source, tasks = load_tasks(cfg, log)
     t0 = time.time()
     pre = pretrain(cfg, source)
     pre.set_domain(source.name)
@@ -215,7 +141,8 @@ def run_demo(cfg: DemoConfig, out: Path, *, log: Callable[[str], None] = print) 
                 cov.set_domain(t.name)
                 before = evaluate(cov, t.test)
                 sched = CovNormSchedule(
-                    _fit_cfg(cfg.covnorm_mini_epochs, cfg.covnorm_lr), _fit_cfg(cfg.covnorm_all_epochs, cfg.covnorm_lr)
+                    step_schedule(cfg.covnorm_mini_epochs, cfg.covnorm_lr),
+                    step_schedule(cfg.covnorm_all_epochs, cfg.covnorm_lr),
                 )
                 fit_covnorm(cov, t.train, sched)
                 absorb(cov, domain=t.name)
@@ -237,7 +164,8 @@ def run_demo(cfg: DemoConfig, out: Path, *, log: Callable[[str], None] = print) 
             for t in tasks:
                 joint.set_domain(t.name)
                 sched = CovNormSchedule(
-                    _fit_cfg(cfg.covnorm_mini_epochs, cfg.covnorm_lr), _fit_cfg(cfg.covnorm_all_epochs, cfg.covnorm_lr)
+                    step_schedule(cfg.covnorm_mini_epochs, cfg.covnorm_lr),
+                    step_schedule(cfg.covnorm_all_epochs, cfg.covnorm_lr),
                 )
                 fit_covnorm(joint, t.train, sched, shared=True)
                 results["CovNorm-joint"].accuracy[t.name] = evaluate(joint, t.test)
@@ -298,7 +226,7 @@ def run_demo(cfg: DemoConfig, out: Path, *, log: Callable[[str], None] = print) 
                 for p in model.parameters():
                     p.requires_grad_(True)
                 model.set_domain(t.name)
-                fit(model, t.train, list(model.parameters()), _fit_cfg(cfg.fnft_epochs, cfg.lr))
+                fit(model, t.train, list(model.parameters()), step_schedule(cfg.fnft_epochs, cfg.lr))
                 results["FNFT"].accuracy[t.name] = evaluate(model, t.test)
                 n = sum(p.numel() for n_, p in model.named_parameters() if not n_.startswith("heads."))
                 results["FNFT"].params[t.name] = TaskParameters(t.name, n, 0, 0, 0, backbone_params)

@@ -53,15 +53,31 @@ _VGG16_CFG: tuple[tuple[int, ...], ...] = ((64, 64), (128, 128), (256, 256, 256)
 
 
 class _Features(nn.Module):
-    """A named sequence of layers ending in a flatten: output (B, F)."""
+    """A named sequence of layers ending in a flatten: output (B, F).
 
-    def __init__(self, layers: Sequence[tuple[str, nn.Module]], out_features: int) -> None:
+    ``stride`` (the product of the poolings) and ``window`` (fc6's kernel) fix the input size: fc6 must see exactly
+    one ``window × window`` map, so H // stride and W // stride must equal ``window`` (224–255 px for VGG16, 32–39
+    for :func:`small_vgg`). Other sizes are refused up front, naming the size the network takes, instead of failing
+    later inside a conv ("kernel size can't be greater than actual input size") or a Linear (shape mismatch).
+    """
+
+    def __init__(self, layers: Sequence[tuple[str, nn.Module]], out_features: int, *, stride: int, window: int):
         super().__init__()
         for name, layer in layers:
             self.add_module(name, layer)
-        self.out_features = out_features
+        self.out_features, self.stride, self.window = out_features, stride, window
 
     def forward(self, x: Tensor) -> Tensor:
+        size = self.stride * self.window
+        if x.dim() != 4:
+            raise ValueError(f"input of shape {tuple(x.shape)}: expected (B, C, {size}, {size}) images")
+        h, w = x.shape[-2:]
+        if h // self.stride != self.window or w // self.stride != self.window:
+            raise ValueError(
+                f"input of shape {tuple(x.shape)}: this network takes (B, C, {size}, {size}) images "
+                f"({self.stride}× downsampling before fc6's {self.window}×{self.window} window; "
+                f"{h}×{w} leaves {h // self.stride}×{w // self.stride})"
+            )
         for layer in self.children():
             x = layer(x)
         return x.flatten(1)
@@ -96,7 +112,7 @@ class VGG16FCN(nn.Module):
             ("relu7", nn.ReLU(inplace=False)),
             ("drop7", nn.Dropout(dropout)),
         ]
-        self.features = _Features(layers, 4096)
+        self.features = _Features(layers, 4096, stride=2 ** len(_VGG16_CFG), window=7)
         self.classifier = nn.Linear(4096, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -122,13 +138,18 @@ def small_vgg(
     nn.Module.__init__(model)
     layers = _vgg_layers(widths)
     spatial = 32 // 2 ** len(widths)
+    if spatial < 1:
+        raise ValueError(
+            f"small_vgg: {len(widths)} stages pool a 32×32 input {2 ** len(widths)}× (to less than one pixel); "
+            "use at most 5 stages"
+        )
     layers += [
         ("fc6", nn.Conv2d(widths[-1][-1], hidden, spatial)),
         ("relu6", nn.ReLU(inplace=False)),
         ("fc7", nn.Conv2d(hidden, hidden, 1)),
         ("relu7", nn.ReLU(inplace=False)),
     ]
-    model.features = _Features(layers, hidden)
+    model.features = _Features(layers, hidden, stride=2 ** len(widths), window=spatial)
     model.classifier = nn.Linear(hidden, num_classes)
     return model
 
