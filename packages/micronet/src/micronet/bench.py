@@ -2,8 +2,9 @@
 
 * Batch-1, single-thread, 224×224 latency of M0–M3 and timm mobilenetv3_small_050/075/100, as ratios to
   mobilenetv3_small_050 (interleaved rounds, medians; :func:`dyncore.bench.compare_latency`):
-  eager training form; inference form (:func:`micronet.deploy.to_inference`) vs the eager baseline; and both exported
-  to ONNX and run by onnxruntime (the same way for MicroNet and the baseline), when onnxruntime is installed.
+  eager training form; the explicit inference form (:func:`micronet.reparameterize`) vs the eager baseline; and both
+  exported to ONNX and run by onnxruntime (the same way for MicroNet and the baseline), when onnxruntime is installed.
+  Also ``latency_fast_over_eager_<model>``: the inference form ÷ the eager model, timed interleaved in one run.
 * Training throughput (images/s, batch 32, 224×224, 2 threads) as ratios to mobilenetv3_small_050, plus M3 with
   Dynamic Shift-Max ÷ M3 with ReLU6.
 * With ``--device cuda``: GPU training throughput (batch 256, fp32) ratios, and M2 DSM ÷ M2 ReLU6.
@@ -26,7 +27,7 @@ from torch import nn
 from dyncore.bench import compare_latency, compare_train_throughput, ratios, tune_malloc
 from dyncore.report import write_bench
 from micronet.config import M3, with_relu
-from micronet.deploy import export_onnx, optimize_torchscript, to_inference
+from micronet.deploy import optimize_torchscript, reparameterize
 from micronet.model import MicroNet
 
 __all__ = ["run_bench"]
@@ -36,18 +37,27 @@ BASELINES = ("mobilenetv3_small_050", "mobilenetv3_small_075", "mobilenetv3_smal
 BASE = "mobilenetv3_small_050"
 
 
+def _progress(quick: bool, message: str) -> None:
+    if quick:
+        print(f"[micronet bench] {message}", flush=True)
+
+
 def _ort_case(model: nn.Module, directory: Path, name: str, image_size: int) -> tuple[Any, tuple[Any, ...]] | None:
     try:
         import onnxruntime as ort
     except ImportError:  # optional dependency (micronet[export])
         return None
-    path = export_onnx(model, directory / f"{name}.onnx", image_size=image_size)
+    from dyncore.export import export_onnx
+
+    x = torch.randn(1, 3, image_size, image_size)
+    report = export_onnx(
+        model, directory / f"{name}.onnx", x, dynamo=False, input_names=("image",), output_names=("logits",)
+    )
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    x = torch.randn(1, 3, image_size, image_size).numpy()
-    return (lambda a: sess.run(None, {"image": a}), (x,))
+    sess = ort.InferenceSession(str(report.path), opts, providers=["CPUExecutionProvider"])
+    return (lambda a: sess.run(None, {"image": a}), (x.numpy(),))
 
 
 def _gpu_training(device: str, quick: bool, image_size: int, details: dict[str, Any]) -> dict[str, float]:
@@ -85,22 +95,29 @@ def run_bench(
     malloc_tuned = tune_malloc()  # large freed feature maps stay in the heap: no page faults on every allocation
     torch.manual_seed(0)
     rounds, repeats = (2, 3) if quick else (5, 10)
+    _progress(quick, f"building {len(MICRO + BASELINES)} models")
     models = {n: timm.create_model(n).eval() for n in MICRO + BASELINES}
     x = torch.randn(1, 3, image_size, image_size)
+    _progress(quick, "eager latency (batch 1, 1 thread)")
     eager = compare_latency({n: (m, (x,)) for n, m in models.items()}, threads=1, rounds=rounds, repeats=repeats)
     ratio: dict[str, float] = {f"latency_eager_{n}": v for n, v in ratios(eager, BASE).items() if n != BASE}
 
+    _progress(quick, "explicit inference form (micronet.reparameterize) vs eager, interleaved")
     infer_cases: dict[str, tuple[nn.Module, tuple[torch.Tensor]]] = {
-        f"{n}_inference": (to_inference(models[n]), (x,))  # type: ignore[arg-type]
-        for n in MICRO
+        f"{n}_inference": (reparameterize(models[n]), (x,)) for n in MICRO
     }
+    infer_cases.update({f"{n}_eager": (models[n], (x,)) for n in MICRO})
     infer_cases[BASE] = (models[BASE], (x,))
     infer = compare_latency(infer_cases, threads=1, rounds=rounds, repeats=repeats)
-    ratio.update({f"latency_{n}": v for n, v in ratios(infer, BASE).items() if n != BASE})
+    ratio.update({f"latency_{n}": v for n, v in ratios(infer, BASE).items() if n != BASE and "_eager" not in n})
+    ratio.update({f"latency_fast_over_eager_{n}": infer[f"{n}_inference"] / infer[f"{n}_eager"] for n in MICRO})
 
     # TorchScript (trace + freeze + optimize_for_inference) for the inference forms AND the baseline
     # (their MKLDNN / ORT kernels run the two 1-D depthwise convs faster than the composed k×k one: not composed)
-    exported = {f"{n}_inference": to_inference(models[n], compose_depthwise=False) for n in MICRO}  # type: ignore[arg-type]
+    _progress(quick, "TorchScript (trace + freeze + optimize_for_inference)")
+    exported: dict[str, nn.Module] = {
+        f"{n}_inference": reparameterize(models[n], compose_depthwise=False) for n in MICRO
+    }
     exported[BASE] = models[BASE]
     jit_cases: dict[str, tuple[Any, tuple[torch.Tensor]]] = {}
     for name, model in exported.items():
@@ -119,6 +136,7 @@ def run_bench(
         "malloc_tuned": malloc_tuned,
     }
     with tempfile.TemporaryDirectory() as tmp:
+        _progress(quick, "ONNX Runtime (legacy exporter, checked against PyTorch)")
         ort_cases = {}
         for n in MICRO:
             case = _ort_case(exported[f"{n}_inference"], Path(tmp), n, image_size)
@@ -131,6 +149,7 @@ def run_bench(
             ratio.update({f"latency_{n}": v for n, v in ratios(ort_ms, f"{BASE}_ort").items() if n != f"{BASE}_ort"})
             details["latency_ort_ms"] = ort_ms
 
+    _progress(quick, "training throughput")
     batch = 8 if quick else 32
     xb, yb = torch.randn(batch, 3, image_size, image_size), torch.randint(0, 1000, (batch,))
     train_cases = {

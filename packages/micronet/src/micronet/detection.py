@@ -28,7 +28,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 from dyncore.surgery import by_type, replace_modules
 from micronet.config import BlockRow, MicroNetConfig, dsm, get_config
 from micronet.layers import DynamicShiftMax, StaticShiftMax
-from micronet.model import MicroBlock, MicroNet, Stem
+from micronet.model import MicroBlock, Stem, init_weights
 
 __all__ = [
     "MicroNetFPNBackbone",
@@ -85,7 +85,7 @@ class MicroNetFPNBackbone(nn.Module):
         self.fpn = FeaturePyramidNetwork(in_list, out_channels, extra_blocks=block)  # type: ignore[arg-type]
         self.out_channels = out_channels
         self.total_stride = cfg.total_stride
-        MicroNet.reset_parameters(self)  # type: ignore[arg-type]  # released init for the MicroNet part
+        init_weights(self)  # the MicroNet part: micronet's default init
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         if x.shape[-2] < self.total_stride or x.shape[-1] < self.total_stride:
@@ -287,7 +287,7 @@ class MicroNetPose(nn.Module):
             MicroBlock(_head_row(head_channels, head_channels, head_hidden, groups)),
         )
         self.final = nn.Conv2d(head_channels, num_keypoints, 1)
-        MicroNet.reset_parameters(self)  # type: ignore[arg-type]
+        init_weights(self)
         if spatial_attention:  # after the re-init, so the attention convs keep their zero (uniform π) start
             spatial_aware(self.head8, tau=tau)
             spatial_aware(self.head4, tau=tau)

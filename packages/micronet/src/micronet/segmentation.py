@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from micronet.config import MicroNetConfig, get_config
-from micronet.model import MicroBlock, MicroNet, Stem
+from micronet.model import MicroBlock, Stem, init_weights
 
 __all__ = ["ENCODER_NAMES", "micronet_stages", "register_smp_encoders", "stage_channels"]
 
@@ -46,7 +46,7 @@ def micronet_stages(config: MicroNetConfig | str) -> list[nn.Module]:
     stages: list[nn.Module] = [Stem(cfg.stem)]
     stages += [nn.Sequential(*[MicroBlock(cfg.blocks[i]) for i in idx]) for idx in _groups(cfg)]
     holder = nn.ModuleList(stages)
-    MicroNet.reset_parameters(holder)  # type: ignore[arg-type]
+    init_weights(holder)
     return stages
 
 

@@ -25,8 +25,11 @@ from dyncore.training import (
     Checkpointer,
     DistEnv,
     JSONLLogger,
+    NonFiniteError,
     accuracy,
     all_reduce_mean,
+    check_finite,
+    check_finite_state,
     progress,
     unwrap,
     wrap_ddp,
@@ -61,8 +64,8 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig: epochs and batch_size must be positive, got {self.epochs}, {self.batch_size}"
             )
-        if self.lr is not None and self.lr <= 0:
-            raise ValueError(f"TrainConfig: lr must be positive, got {self.lr}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"TrainConfig: lr must be a positive finite number, got {self.lr}")
 
 
 def make_loader(
@@ -146,11 +149,17 @@ def train(
     seed: int = 0,
     show_progress: bool = True,
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+    checkpoint_extra: dict[str, Any] | None = None,
+    lr_flag: str = "lr",
+    on_resume_checked: Callable[[], object] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on ``train_set`` with the released recipe; returns final metrics and the loss history.
 
     Resumes from ``checkpoint_dir/last.pt`` when it exists (same ``run_config`` required, else
-    :class:`dyncore.training.ConfigMismatchError`). Checkpoints after every epoch.
+    :class:`dyncore.training.ConfigMismatchError`); ``on_resume_checked`` runs once that check passed (e.g. writing
+    the run's config). Checkpoints after every epoch, with ``checkpoint_extra`` (e.g. the model spec) stored in each.
+    A non-finite loss stops the run before the step is taken (:class:`dyncore.training.NonFiniteError` naming
+    ``lr_flag`` and its value): no checkpoint of a diverged model is written.
     """
     env = env or DistEnv()
     model.to(device)
@@ -177,6 +186,8 @@ def train(
         resumed = ckpt.resume(model=unwrap(net), optimizer=opt, scheduler=sched)
         if resumed is not None:
             step = int(resumed["step"])
+    if on_resume_checked is not None:
+        on_resume_checked()
     history: list[float] = []
     net.train()
     epoch = step // steps_per_epoch
@@ -195,6 +206,11 @@ def train(
                 break
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             loss = loss_fn(net(x), y)
+            check_finite(
+                loss.detach(),
+                what=f"the training loss at step {step + 1}",
+                hint=f"the run diverged; lower {lr_flag} (now {lr:g}) and restart",
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -205,7 +221,11 @@ def train(
                 logger.log(step=step, epoch=epoch, loss=history[-1], lr=sched.get_last_lr()[0])
         epoch += 1
         if ckpt is not None:
-            ckpt.save(step, model=unwrap(net), optimizer=opt, scheduler=sched)
+            try:
+                check_finite_state(unwrap(net), source=f"the model after step {step}")
+            except NonFiniteError as exc:  # e.g. BatchNorm statistics overflowed before the loss did
+                raise NonFiniteError(f"{exc}; lower {lr_flag} (now {lr:g}) and restart") from None
+            ckpt.save(step, model=unwrap(net), optimizer=opt, scheduler=sched, extra=checkpoint_extra)
     result: dict[str, Any] = {"steps": step, "lr": lr, "loss_history": history}
     if val_set is not None:
         val_loader = make_loader(val_set, batch_size=cfg.batch_size, train=False, env=env)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dyncore.nn import FoldedForward, channel_shuffle
+from dyncore.nn import channel_shuffle, fold_batchnorm
 
 __all__ = [
     "ChannelShuffle",
@@ -45,6 +45,9 @@ class ChannelShuffle(nn.Module):
         self.groups = groups
 
     def forward(self, x: Tensor) -> Tensor:
+        if isinstance(x, torch.fx.Proxy):  # symbolic tracing: the same view/transpose without the shape checks
+            b, c, h, w = x.shape
+            return x.view(b, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(b, c, h, w)
         return channel_shuffle(x, self.groups)
 
     def extra_repr(self) -> str:
@@ -75,35 +78,9 @@ class GroupPointwiseConv2d(nn.Conv2d):
 
 
 def fold_bn(layer: nn.Conv2d | nn.Linear, bn: nn.BatchNorm2d | nn.BatchNorm1d) -> nn.Conv2d | nn.Linear:
-    """A copy of ``layer`` with the eval-mode ``bn`` that follows it folded in (bias added)."""
-    if bn.running_var is None or bn.running_mean is None:
-        raise ValueError("fold_bn: the BatchNorm has no running statistics (track_running_stats=False)")
-    scale = bn.weight.detach() / torch.sqrt(bn.running_var + float(bn.eps))
-    shift = bn.bias.detach() - bn.running_mean * scale
-    bias = shift if layer.bias is None else layer.bias.detach() * scale + shift
-    if isinstance(layer, GroupPointwiseConv2d):
-        out: nn.Conv2d | nn.Linear = GroupPointwiseConv2d(
-            layer.in_channels, layer.out_channels, groups=layer.groups, bias=True
-        )
-        out.weight.data = layer.weight.detach() * scale.view(-1, 1, 1, 1)
-    elif isinstance(layer, nn.Conv2d):
-        out = nn.Conv2d(
-            layer.in_channels,
-            layer.out_channels,
-            layer.kernel_size,  # type: ignore[arg-type]
-            layer.stride,  # type: ignore[arg-type]
-            layer.padding,  # type: ignore[arg-type]
-            layer.dilation,  # type: ignore[arg-type]
-            layer.groups,
-            bias=True,
-        )
-        out.weight.data = layer.weight.detach() * scale.view(-1, 1, 1, 1)
-    else:
-        out = nn.Linear(layer.in_features, layer.out_features, bias=True)
-        out.weight.data = layer.weight.detach() * scale.view(-1, 1)
-    assert out.bias is not None
-    out.bias.data = bias.clone()
-    return out
+    """A copy of ``layer`` (same class: a :class:`GroupPointwiseConv2d` stays one) with the eval-mode ``bn`` that
+    follows it folded in: :func:`dyncore.nn.fold_batchnorm`."""
+    return fold_batchnorm(layer, bn)
 
 
 class ComposedFactorizedConv(nn.Module):
@@ -140,19 +117,30 @@ class ComposedFactorizedConv(nn.Module):
         self.kernel_size = (kh, kw)
         self._bias_maps: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
 
+    def _bias_map(self, width: int | Tensor) -> Tensor:
+        b1 = self.b1.view(1, -1, 1, 1).expand(1, -1, 1, width)
+        return F.conv2d(
+            b1, self.w2, self.b2, (1, self.stride[1]), (0, self.padding[1]), (1, self.dilation[1]), self.b1.shape[0]
+        )
+
     def bias_map(self, width: int) -> Tensor:
-        """B = conv2(b1) + b2 for an input of ``width`` columns: (1, C_out, 1, W')."""
+        """B = conv2(b1) + b2 for an input of ``width`` columns: (1, C_out, 1, W'), cached per width in eager mode."""
         key = (width, self.b1.dtype, self.b1.device)
         if key not in self._bias_maps:
-            b1 = self.b1.view(1, -1, 1, 1).expand(1, -1, 1, width)
-            self._bias_maps[key] = F.conv2d(
-                b1, self.w2, self.b2, (1, self.stride[1]), (0, self.padding[1]), (1, self.dilation[1]), b1.shape[1]
-            )
+            self._bias_maps[key] = self._bias_map(width)
         return self._bias_maps[key]
 
     def forward(self, x: Tensor) -> Tensor:
         y = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
+        if _tracing(x):  # compilers and tracers see the (tiny) bias-map conv itself, not a Python-side cache
+            return y + self._bias_map(x.shape[-1])
         return y + self.bias_map(x.shape[-1])
+
+
+def _tracing(x: Tensor) -> bool:
+    # torch.jit tracing (legacy ONNX), dynamo (torch.compile, torch.export, dynamo ONNX) or torch.fx; the cheap
+    # checks only (≈0.2 µs: this runs in every eager call of the fast form)
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or isinstance(x, torch.fx.Proxy)
 
 
 def composable(first: nn.Module, second: nn.Module) -> bool:
@@ -173,16 +161,14 @@ def composable(first: nn.Module, second: nn.Module) -> bool:
     )
 
 
-class ConvBN(FoldedForward, nn.Sequential):
+class ConvBN(nn.Sequential):
     """Conv2d (no bias) + BatchNorm2d. ``kernel``/``stride``/``padding`` may be (h, w) pairs.
 
-    Eval without autograd runs the BN-folded conv (:class:`dyncore.nn.FoldedForward`)."""
+    The forward always runs both modules; :meth:`reparameterize` returns the BN-folded conv (eval only)."""
 
-    def build_folded(self) -> nn.Module:
+    def reparameterize(self) -> nn.Module:
+        """The conv with this BN's eval statistics folded in (:func:`dyncore.nn.fold_batchnorm`)."""
         return fold_bn(self[0], self[1])
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.folded()(x) if self.use_folded() else super().forward(x)  # type: ignore[no-any-return]
 
     def __init__(
         self,
@@ -272,11 +258,12 @@ class MicroFactorizedPointwise(nn.Module):
         return self.expand(self.shuffle(self.activation(self.compress(x))))
 
 
-class MicroFactorizedDepthwise(FoldedForward, nn.Sequential):
+class MicroFactorizedDepthwise(nn.Sequential):
     """Micro-Factorized depthwise convolution: k×1 depthwise (C→C·c1, stride (s, 1)) + BN → 1×k depthwise
     (→C·c1·c2, stride (1, s)) + BN. No activation between the two.
 
-    Eval without autograd runs both, BNs folded, as ONE k×k conv (:class:`ComposedFactorizedConv`).
+    :meth:`reparameterize` returns both, BNs folded, as ONE k×k conv (:class:`ComposedFactorizedConv`), or as the two
+    BN-folded convs when ``compose`` is False (TorchScript's MKLDNN path and ONNX Runtime run those faster).
 
     Shapes: (B, C, H, W) → (B, C·c1·c2, ⌈H/s⌉, ⌈W/s⌉).
     """
@@ -305,14 +292,14 @@ class MicroFactorizedDepthwise(FoldedForward, nn.Sequential):
         )
         self.in_channels, self.out_channels = channels, channels * c1 * c2
 
-    def build_folded(self) -> nn.Module:
-        first, second = (fold_bn(pair[0], pair[1]) for pair in self)  # type: ignore[index]
-        if composable(first, second):
-            return ComposedFactorizedConv(first, second)  # type: ignore[arg-type]
-        return nn.Sequential(first, second)  # (e.g. convs replaced by a surgery) BN-folded only
+    compose: bool = True  # reparameterize() into one k×k conv (True) or two BN-folded 1-D convs (False)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.folded()(x) if self.use_folded() else super().forward(x)  # type: ignore[no-any-return]
+    def reparameterize(self) -> nn.Module:
+        """Eval-only equivalent: the composed k×k conv (or the two BN-folded convs, see ``compose``)."""
+        first, second = (fold_bn(pair[0], pair[1]) for pair in self)  # type: ignore[index]
+        if self.compose and composable(first, second):
+            return ComposedFactorizedConv(first, second)  # type: ignore[arg-type]
+        return nn.Sequential(first, second)
 
 
 class LiteCombination(nn.Module):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dyncore.complexity import MAddsConvention, linear_madds
-from dyncore.nn import CoefficientBranch, FoldedForward
+from dyncore.nn import CoefficientBranch, h_sigmoid
 
 __all__ = [
     "COEFF_SCALE",
@@ -88,7 +88,7 @@ class _ShiftMaxBase(nn.Module):
     """Shared shift/fusion/max logic; subclasses provide the (B, K, J, C, 1, 1) coefficients."""
 
     index: Tensor  # (J-1, C) gather indices of the shifted copies
-    init: Tensor  # (K, J, C, 1, 1) initial coefficients
+    init: Tensor  # (K·J·C,) initial coefficients, k-major then j then channel (flat: no 5-D buffer for channels_last)
 
     def __init__(
         self,
@@ -112,7 +112,7 @@ class _ShiftMaxBase(nn.Module):
             idx = torch.zeros(0, channels, dtype=torch.long)
         self.register_buffer("index", idx, persistent=False)  # (J-1, C)
         self.register_buffer(
-            "init", torch.tensor(self.init_values).view(k, j, 1, 1, 1).expand(k, j, channels, 1, 1).clone(), False
+            "init", torch.tensor(self.init_values).view(k, j, 1).expand(k, j, channels).reshape(-1).clone(), False
         )
 
     def shifted(self, x: Tensor) -> list[Tensor]:
@@ -120,9 +120,7 @@ class _ShiftMaxBase(nn.Module):
         return [x] + [x.index_select(1, self.index[jj]) for jj in range(self.j - 1)]
 
     def fuse(self, x: Tensor, coeffs: Tensor) -> Tensor:
-        """Eq. 4.4 given coefficients (B, K, J, C, 1, 1) (or (K, J, C, 1, 1) for static ones)."""
-        if coeffs.dim() == 5:
-            coeffs = coeffs.unsqueeze(0)
+        """Eq. 4.4 given coefficients (B or 1, K, J, C, 1, 1)."""
         a = coeffs.flatten(1, 2).unbind(1)  # K·J maps (B, C, 1, 1), k-major
         xs = self.shifted(x)
         out: Tensor | None = None
@@ -137,6 +135,8 @@ class _ShiftMaxBase(nn.Module):
         return F.relu(out) if self.add_relu else out
 
     def _check_input(self, x: Tensor) -> None:
+        if isinstance(x, torch.fx.Proxy):  # symbolic tracing: shapes are not known (and not control flow)
+            return
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(
                 f"{type(self).__name__}: expected input (B, {self.channels}, H, W), got shape {tuple(x.shape)}"
@@ -151,10 +151,11 @@ class _ShiftMaxBase(nn.Module):
         return f"channels={self.channels}, groups={self.groups}, K={self.k}, J={self.j}, shift={self.shift!r}"
 
 
-class DynamicShiftMax(FoldedForward, _ShiftMaxBase):
+class DynamicShiftMax(_ShiftMaxBase):
     """Dynamic Shift-Max (Eq. 4.4) with input-dependent coefficients a^k_{i,j}(x).
 
-    Eval without autograd runs :class:`FusedShiftMax` (:class:`dyncore.nn.FoldedForward`).
+    The forward always runs the defining computation; :meth:`reparameterize` returns the eval-only
+    :class:`FusedShiftMax` (coefficient map folded into the FC).
 
     Args:
         channels: C.
@@ -189,17 +190,20 @@ class DynamicShiftMax(FoldedForward, _ShiftMaxBase):
 
     def coefficient_values(self, x: Tensor) -> Tensor:
         """a^k_{i,j}(x) as (B, K, J, C, 1, 1): (h − 0.5)·4 + init."""
-        h = self.coefficients(x)
-        assert isinstance(h, Tensor)
-        return (h.view(x.shape[0], self.k, self.j, self.channels, 1, 1) - 0.5) * COEFF_SCALE + self.init
+        # GAP → FC(C→S) → ReLU → FC(S→K·J·C) → h_sigmoid, through the branch's layers (its forward would also
+        # check ranks, which symbolic tracing cannot evaluate)
+        branch = self.coefficients
+        assert branch.fc is not None
+        h = h_sigmoid(branch.heads["out"](F.relu(branch.fc(x.mean(dim=(2, 3))))))
+        a = (h - 0.5) * COEFF_SCALE + self.init
+        return a.view(x.shape[0], self.k, self.j, self.channels, 1, 1)
 
-    def build_folded(self) -> nn.Module:
+    def reparameterize(self) -> nn.Module:
+        """Eval-only :class:`FusedShiftMax` (h_sigmoid's affine map and the coefficient range folded into the FC)."""
         return FusedShiftMax(self, None)
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        if self.use_folded():  # coefficient map folded into the FC, K fusions as max(addcmul, …)
-            return self.folded()(x)  # type: ignore[no-any-return]
         return self.fuse(x, self.coefficient_values(x))
 
     def madds(self, inputs: tuple[Tensor, ...], output: Tensor, convention: MAddsConvention) -> int:
@@ -220,7 +224,7 @@ class DynamicShiftMax(FoldedForward, _ShiftMaxBase):
 class StaticShiftMax(_ShiftMaxBase):
     """Shift-Max with learned static coefficients a^k_{i,j} (Table 4.2, row "static"); Eq. 4.4 without x-dependence.
 
-    Shapes: (B, C, H, W) → (B, C, H, W). Parameters: ``weight`` (K, J, C, 1, 1), initialised to ``init``.
+    Shapes: (B, C, H, W) → (B, C, H, W). Parameters: ``weight`` (K, J, C), initialised to ``init``.
     """
 
     def __init__(
@@ -235,11 +239,11 @@ class StaticShiftMax(_ShiftMaxBase):
         add_relu: bool = False,
     ) -> None:
         super().__init__(type(self).__name__, channels, groups, k, j, init, shift, add_relu)
-        self.weight = nn.Parameter(self.init.clone())
+        self.weight = nn.Parameter(self.init.view(k, j, channels).clone())
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        return self.fuse(x, self.weight)
+        return self.fuse(x, self.weight.view(1, self.k, self.j, self.channels, 1, 1))
 
     def madds(self, inputs: tuple[Tensor, ...], output: Tensor, convention: MAddsConvention) -> int:
         return self._elementwise_madds(inputs[0]) if convention.elementwise else 0
