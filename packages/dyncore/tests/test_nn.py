@@ -289,3 +289,21 @@ def test_expert_mixture_conv2d_refuses_zero_experts() -> None:
     x = torch.randn(2, 3, 5, 5)
     with pytest.raises(ValueError, match=r"experts must be \(K ≥ 1"):
         expert_mixture_conv2d(x, torch.zeros(0, 4, 3, 3, 3), torch.zeros(2, 0))
+
+
+@pytest.mark.quick
+def test_shape_checks_and_channel_shuffle_trace_with_torch_fx() -> None:
+    from dyncore.nn import channel_shuffle, check_channels, check_rank
+
+    class Net(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            check_rank(x, (4,), "Net")
+            check_channels(x, 6, "Net")
+            return channel_shuffle(x, 3)
+
+    traced = torch.fx.symbolic_trace(Net())
+    x = torch.arange(2 * 6 * 2 * 2, dtype=torch.float32).reshape(2, 6, 2, 2)
+    expected = x.reshape(2, 3, 2, 2, 2).transpose(1, 2).reshape(2, 6, 2, 2)
+    assert torch.equal(traced(x), expected) and torch.equal(Net()(x), expected)
+    with pytest.raises(ValueError, match="cannot be split into 4 groups"):
+        channel_shuffle(x, 4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -35,29 +36,32 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     return rounded
 
 
+def _symbolic(x: Tensor) -> bool:
+    """True while ``torch.fx.symbolic_trace`` traces (``x`` is a Proxy: its shape is unknown, checks are skipped)."""
+    return isinstance(x, torch.fx.Proxy)
+
+
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:
     """ShuffleNet channel shuffle: view the C channels as (groups, C/groups), transpose, flatten.
 
     Args:
         x: (B, C, ...) with C divisible by ``groups``.
     """
-    channels = x.shape[1]
-    if groups <= 0 or channels % groups:
-        raise ValueError(f"channel_shuffle: {channels} channels cannot be split into {groups} groups")
+    if groups <= 0 or (not _symbolic(x) and x.shape[1] % groups):
+        raise ValueError(f"channel_shuffle: {x.shape[1]} channels cannot be split into {groups} groups")
     if groups == 1:
         return x
-    rest = x.shape[2:]
-    return x.reshape(x.shape[0], groups, channels // groups, *rest).transpose(1, 2).reshape(x.shape)
+    return x.unflatten(1, (groups, -1)).transpose(1, 2).flatten(1, 2)
 
 
 def check_rank(x: Tensor, ranks: tuple[int, ...], who: str) -> None:
     """Raise a ValueError naming ``who`` when ``x`` does not have one of the ranks ``ranks``."""
-    if x.dim() not in ranks:
+    if not _symbolic(x) and x.dim() not in ranks:
         want = " or ".join(str(r) for r in ranks)
         raise ValueError(f"{who}: expected a tensor of rank {want}, got shape {tuple(x.shape)}")
 
 
 def check_channels(x: Tensor, channels: int, who: str) -> None:
     """Raise a ValueError naming ``who`` when dimension 1 of ``x`` is not ``channels``."""
-    if x.shape[1] != channels:
+    if not _symbolic(x) and x.shape[1] != channels:
         raise ValueError(f"{who}: expected {channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})")
