@@ -4,9 +4,11 @@ usage error exits 2 (the dyncore.cli contract)."""
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +51,28 @@ def test_usage_errors_exit_2(pkg: str, capsys: pytest.CaptureFixture[str]) -> No
     assert "invalid choice: 'no-such-command'" in capsys.readouterr().err
     assert _main(pkg, ["demo", "--no-such-flag"]) == 2
     assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("pkg", METHODS)
+def test_version_of_every_cli(pkg: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib import metadata
+
+    assert _main(pkg, ["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"{pkg} {metadata.version(pkg)}"
+
+
+#: the command of each CLI that reads a trained checkpoint, and the flag naming it
+EVAL_COMMANDS = {pkg: ["eval", "--checkpoint"] for pkg in METHODS}
+
+
+@pytest.mark.parametrize("pkg", METHODS)
+def test_a_file_that_is_not_a_checkpoint_is_one_error_line_with_exit_2(
+    pkg: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    junk = tmp_path / "random.pt"
+    junk.write_bytes(os.urandom(2048))
+    command, flag = EVAL_COMMANDS[pkg]
+    assert _main(pkg, [command, flag, str(junk), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"{pkg} {command}: error:" in err and "not a checkpoint" in err, err
+    assert "Traceback" not in err and "weights_only=False" not in err

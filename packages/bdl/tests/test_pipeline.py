@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import json
+import random
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from bdl.adaptation import AdaptationConfig
-from bdl.pipeline import BDLConfig, algorithm2_stages, run_bdl
+from bdl.pipeline import BDLConfig, BDLPipeline, algorithm2_stages, run_bdl
 from bdl.translation import CycleGANConfig
 
 
@@ -123,5 +126,98 @@ def test_translation_crop_is_random_and_validated():
     assert all(c.shape == (2, 3, 4, 4) for c in crops)
     assert len({float(c[0, 0, 0, 0]) for c in crops}) > 1
     assert random_crop(x, 16).shape == (2, 3, 8, 12)
-    with pytest.raises(ValueError, match="translation_crop must be a positive multiple of 4"):
+    with pytest.raises(ValueError, match=r"translation_crop \(--translation-crop\) must be a multiple of 4"):
         tiny_config(translation_crop=30)
+    with pytest.raises(ValueError, match="at least 24"):  # smaller crops leave the 3-layer PatchGAN no patch
+        tiny_config(translation_crop=20)
+
+
+# ---------------------------------------------------------------- kill anywhere (issue 14.1)
+class HardKill(BaseException):
+    """Like SIGKILL/KeyboardInterrupt: nothing in the pipeline may catch it."""
+
+
+def _scramble_rngs(n: int) -> None:
+    random.seed(1000 + n)
+    np.random.seed(1000 + n)
+    torch.manual_seed(1000 + n)
+
+
+def _stage_models(run_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
+    out = {}
+    for ckpt in sorted((run_dir / "checkpoints").glob("*/last.pt")):
+        out[ckpt.parent.name] = torch.load(ckpt, weights_only=True)["model"]
+    return out
+
+
+def _assert_equal_states(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], what: str) -> None:
+    assert a.keys() == b.keys(), what
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"{what}: {len(differ)} of {len(a)} tensors differ, e.g. {differ[:3]}"
+
+
+@pytest.mark.slow
+def test_resume_is_bit_identical_after_a_kill_at_every_stage_boundary_and_inside_the_first_checkpoint_write(
+    tiny_scenes, tmp_path, monkeypatch
+):
+    import dyncore.training.checkpoint as ckpt_module
+
+    src, tgt, val = tiny_scenes
+    cfg = tiny_config()  # K = 1, N = 1, ckpt_every = 2: each training stage's first checkpoint is at step 2
+    quiet = {"source": src, "target": tgt, "val": val, "log": lambda s: None}
+    run_bdl(cfg, tmp_path / "a", **quiet)
+    reference = torch.load(tmp_path / "a" / "final_model.pt", weights_only=True)["model"]
+    reference_stages = _stage_models(tmp_path / "a")
+
+    stages = algorithm2_stages(cfg.K, cfg.N)
+    training = [s.name for s in stages if s.kind in ("source_only", "translation", "adapt")]
+    # kill points in the order an uninterrupted run reaches them
+    pending: list[tuple[str, str]] = []
+    for s in stages:
+        if s.name in training:
+            pending += [("step1", s.name), ("first_write", s.name)]
+        pending.append(("boundary", s.name))  # the stage is recorded done, the next one has not started
+
+    def step_hook(stage: str, step: int) -> None:
+        if pending and pending[0] == ("step1", stage) and step == 1:
+            pending.pop(0)
+            raise HardKill(f"before the first checkpoint of {stage}")
+
+    real_save = ckpt_module.atomic_torch_save
+
+    def torn_save(path, obj):  # SIGKILL inside the write: half a temporary file is left, the target never appears
+        path = Path(path)
+        if pending and pending[0] == ("first_write", path.parent.name) and not path.exists():
+            pending.pop(0)
+            real_save(path.with_name("full.bin"), obj)
+            data = path.with_name("full.bin").read_bytes()
+            path.with_name("full.bin").unlink()
+            path.with_name(f".{path.name}.killed.tmp").write_bytes(data[: len(data) // 2])
+            raise HardKill(f"inside the first checkpoint write of {path.parent.name}")
+        return real_save(path, obj)
+
+    real_manifest = BDLPipeline._save_manifest
+
+    def manifest_then_kill(self, manifest):
+        real_manifest(self, manifest)
+        if pending and pending[0][0] == "boundary" and pending[0][1] in manifest["stages"]:
+            name = pending.pop(0)[1]
+            raise HardKill(f"after stage {name}")
+
+    monkeypatch.setattr(ckpt_module, "atomic_torch_save", torn_save)
+    monkeypatch.setattr(BDLPipeline, "_save_manifest", manifest_then_kill)
+    kills = []
+    for n in range(len(pending) + 1):
+        _scramble_rngs(n)  # a fresh process: a resume must not lean on RNG state the killed run left behind
+        try:
+            run_bdl(cfg, tmp_path / "b", step_hook=step_hook, **quiet)
+            break
+        except HardKill as exc:
+            kills.append(str(exc))
+    assert not pending and len(kills) == 3 * len(training) + (len(stages) - len(training)), kills
+
+    for name, state in reference_stages.items():
+        _assert_equal_states(state, _stage_models(tmp_path / "b")[name], f"stage {name}")
+    final = torch.load(tmp_path / "b" / "final_model.pt", weights_only=True)["model"]
+    _assert_equal_states(reference, final, "final model")
+    assert not list((tmp_path / "b").rglob("*.tmp")), "a killed write's temporary file was left behind"

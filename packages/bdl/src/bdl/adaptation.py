@@ -101,7 +101,9 @@ class AdaptationConfig:
     """Optimisation of M and D_M (paper values for DeepLab-V2 ResNet-101 as defaults)."""
 
     lr: float = 2.5e-4
-    head_lr_mult: float = 10.0
+    # lr multiplier of the head (layers new to M); None: the model's own default (DeepLab-V2 ×10 on the ASPP
+    # classifier as released; FCN-8s ×1: fc6/fc7 come from VGG16 and the released FCN-8s optimiser has one lr)
+    head_lr_mult: float | None = None
     momentum: float = 0.9
     weight_decay: float = 5e-4
     poly_power: float = 0.9
@@ -115,20 +117,55 @@ class AdaptationConfig:
     ndf: int = 64
     pseudo_normalize: Literal["selected", "all"] = "selected"
 
+    def __post_init__(self) -> None:
+        from bdl.checks import check_choice, check_number
+
+        self.d_betas = (float(self.d_betas[0]), float(self.d_betas[1]))  # a list after a JSON round trip
+        check_number(self.lr, "lr", "--lr", low=0, low_open=True)
+        if self.head_lr_mult is not None:
+            check_number(self.head_lr_mult, "head_lr_mult", "--head-lr-mult", low=0, low_open=True)
+        check_number(self.momentum, "momentum", None, low=0, high=1, high_open=True)
+        check_number(self.weight_decay, "weight_decay", "--weight-decay", low=0)
+        check_number(self.poly_power, "poly_power", None, low=0, low_open=True)
+        check_choice(self.lr_policy, "lr_policy", "--lr-policy", ("poly", "step"))
+        check_number(self.step_size, "step_size", None, low=1, integer=True)
+        check_number(self.step_gamma, "step_gamma", None, low=0, high=1, low_open=True)
+        check_choice(self.optimizer, "optimizer", "--optimizer", ("sgd", "adam"))
+        check_number(self.lambda_adv, "lambda_adv", "--lambda-adv", low=0)
+        check_number(self.d_lr, "d_lr", "--d-lr", low=0, low_open=True)
+        for b in self.d_betas:
+            check_number(b, "d_betas", None, low=0, high=1, high_open=True)
+        check_number(self.ndf, "ndf", None, low=1, integer=True)
+        check_choice(self.pseudo_normalize, "pseudo_normalize", None, ("selected", "all"))
+
 
 def _head_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(backbone, head) parameters: ``encoder.*`` (or VGG ``to_pool*``) is the backbone, the rest is the head."""
+    """(backbone, head) parameters. The backbone is what ImageNet initialises: names starting with one of the model's
+    ``backbone_prefixes`` (default ``("encoder.",)``: smp models and DeepLab-V2; FCN-8s: its VGG16 layers incl.
+    fc6/fc7); the rest (decoder, classifier, score layers) is the head."""
+    prefixes = tuple(getattr(model, "backbone_prefixes", ("encoder.",)))
     backbone: list[nn.Parameter] = []
     head: list[nn.Parameter] = []
     for name, p in model.named_parameters():
-        (backbone if name.startswith(("encoder.", "to_pool")) else head).append(p)
+        (backbone if name.startswith(prefixes) else head).append(p)
     return backbone, head
 
 
+def resolve_head_lr_mult(model: nn.Module, cfg: AdaptationConfig) -> float:
+    """``cfg.head_lr_mult``, or the model's ``default_head_lr_mult`` (10, DeepLab's, when it declares none)."""
+    if cfg.head_lr_mult is not None:
+        return float(cfg.head_lr_mult)
+    return float(getattr(model, "default_head_lr_mult", 10.0))
+
+
 def make_segmenter_optimizer(model: nn.Module, cfg: AdaptationConfig) -> torch.optim.Optimizer:
-    """SGD (momentum 0.9, wd 5e-4; head lr ×10) or Adam (β (0.9, 0.99), FCN-8s setting) for M."""
+    """SGD (momentum 0.9, wd 5e-4; head lr ×10 for DeepLab) or Adam (β (0.9, 0.99), FCN-8s setting) for M.
+
+    Two parameter groups: backbone at ``cfg.lr`` and head at ``cfg.lr·head_lr_mult`` (see :func:`resolve_head_lr_mult`).
+    """
     backbone, head = _head_parameters(model)
-    groups = [{"params": backbone, "lr": cfg.lr}, {"params": head, "lr": cfg.lr * cfg.head_lr_mult}]
+    mult = resolve_head_lr_mult(model, cfg)
+    groups = [{"params": backbone, "lr": cfg.lr}, {"params": head, "lr": cfg.lr * mult}]
     groups = [g for g in groups if g["params"]]
     for g in groups:
         g["initial_lr"] = g["lr"]

@@ -16,8 +16,6 @@ embedded procedural benchmark (synthetic → real street scenes, generated and c
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,8 +24,11 @@ import torch
 from torch.utils.data import Dataset
 
 from bdl.adaptation import AdaptationConfig
-from bdl.data import StreetScenes, cityscapes, gta5, synthia
+from bdl.checks import run_register
+from bdl.data import DEFAULT_LONG_SIDE, StreetScenes, cityscapes, gta5, synthia
+from bdl.pseudo import PseudoLabeledTarget
 from bdl.translation import CycleGANConfig
+from dyncore.cli import UsageError
 
 if TYPE_CHECKING:
     from dyncore.cli import RunDir
@@ -37,10 +38,22 @@ if TYPE_CHECKING:
 # ------------------------------------------------------------------------------------------------------------ args
 def _data_args(p: argparse.ArgumentParser, *, source: bool = True, target: bool = True) -> None:
     g = p.add_argument_group("data")
+    size_help = (
+        "L (resize to a long side of L, keeping the aspect ratio) or H W (exactly); default: {default}. "
+        "Embedded scenes: H W, the generated size"
+    )
     if source:
         g.add_argument("--source", default="scenes", choices=("scenes", "gta5", "synthia"), help="source data set")
         g.add_argument("--source-root", type=Path, default=None, help="root of the GTA5/SYNTHIA tree")
         g.add_argument("--num-source", type=int, default=300, help="embedded scenes: source images")
+        g.add_argument(
+            "--source-size",
+            type=int,
+            nargs="+",
+            default=None,
+            metavar="N",
+            help=size_help.format(default=f"{DEFAULT_LONG_SIDE} for gta5/synthia (thesis), --size for scenes"),
+        )
     if target:
         g.add_argument("--target", default="scenes", choices=("scenes", "cityscapes"), help="target data set")
         g.add_argument("--target-root", type=Path, default=None, help="root of the Cityscapes tree")
@@ -48,18 +61,30 @@ def _data_args(p: argparse.ArgumentParser, *, source: bool = True, target: bool 
         g.add_argument("--num-val", type=int, default=100, help="embedded scenes: labeled target validation images")
         g.add_argument("--target-split", default="train", help="Cityscapes split used as the unlabeled target")
         g.add_argument("--val-split", default="val", help="Cityscapes split used for evaluation")
+        g.add_argument(
+            "--target-size",
+            type=int,
+            nargs="+",
+            default=None,
+            metavar="N",
+            help=size_help.format(default=f"{DEFAULT_LONG_SIDE} for cityscapes (1024×512), --size for scenes")
+            + "; validation labels stay at full resolution and predictions are upsampled to them for scoring",
+        )
     g.add_argument(
         "--size",
         type=int,
         nargs=2,
-        default=(64, 128),
+        default=None,
         metavar=("H", "W"),
-        help="image size (embedded scenes are generated at it; real images are resized to it)",
+        help="embedded scenes of both domains: generated size (default 64 128); real data: use "
+        "--source-size/--target-size",
     )
     g.add_argument("--cache", type=Path, default=None, help="embedded data cache dir (default $DYNCORE_CACHE)")
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
+def _model_args(p: argparse.ArgumentParser, *, weights: str = "pretrained") -> None:
+    """``weights="pretrained"``: ``--pretrained PATH`` (initial weights); ``"checkpoint"``: ``--checkpoint PATH``
+    (a trained M). Both keep ``--weights`` as an alias."""
     g = p.add_argument_group("segmentation model M")
     g.add_argument("--model", default="deeplabv2", help="deeplabv2 | fcn8s | deeplabv3 | deeplabv3plus | unet")
     g.add_argument("--encoder", default="resnet101", help="any segmentation-models-pytorch encoder name")
@@ -71,14 +96,38 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         help="call a function that registers more smp encoders before M is built, e.g. "
         "micronet.segmentation:register_smp_encoders (then --encoder micronet_m0); repeatable",
     )
-    g.add_argument("--weights", type=Path, default=None, help="state dict to load (ImageNet backbone or full model)")
+    if weights == "pretrained":
+        g.add_argument(
+            "--pretrained",
+            "--weights",
+            dest="pretrained",
+            type=Path,
+            default=None,
+            help="initial weights of M: an ImageNet backbone state dict or a full model",
+        )
+    else:
+        g.add_argument(
+            "--checkpoint",
+            "--weights",
+            dest="checkpoint",
+            type=Path,
+            default=None,
+            help="the trained segmentation model M (e.g. model.pt of train-seg, final_model.pt of run)",
+        )
     g.add_argument("--num-classes", type=int, default=19, help="classes predicted by M")
 
 
 def _train_args(g: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
-    g.add_argument("--lr", type=float, default=2.5e-4, help="M learning rate (backbone; head ×10), poly decay 0.9")
+    g.add_argument("--lr", type=float, default=2.5e-4, help="M learning rate (backbone), poly decay 0.9")
+    g.add_argument(
+        "--head-lr-mult",
+        type=float,
+        default=None,
+        help="lr multiplier of M's head; default per model: 10 for DeepLab (ASPP classifier, released), 1 for "
+        "FCN-8s (fc6/fc7 are VGG16 layers; released FCN-8s uses one lr)",
+    )
     g.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"), help="M optimizer")
-    g.add_argument("--weight-decay", type=float, default=5e-4, help="M weight decay")
+    g.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=5e-4, help="M weight decay")
     g.add_argument(
         "--lr-policy",
         default="poly",
@@ -92,6 +141,7 @@ def _train_args(g: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
 
 
 def _translation_args(g: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    g.add_argument("--translation-lr", type=float, default=2e-4, help="CycleGAN Adam lr (constant, then linear to 0)")
     g.add_argument("--ngf", type=int, default=64, help="generator width")
     g.add_argument("--ndf", type=int, default=64, help="PatchGAN width")
     g.add_argument("--n-blocks", type=int, default=9, help="generator residual blocks")
@@ -103,6 +153,7 @@ def _adaptation_config(args: argparse.Namespace) -> AdaptationConfig:
     return AdaptationConfig(
         lr_policy=args.lr_policy,
         lr=args.lr,
+        head_lr_mult=args.head_lr_mult,
         optimizer=args.optimizer,
         weight_decay=args.weight_decay,
         lambda_adv=args.lambda_adv,
@@ -111,80 +162,98 @@ def _adaptation_config(args: argparse.Namespace) -> AdaptationConfig:
 
 
 def _translation_config(args: argparse.Namespace) -> CycleGANConfig:
-    return CycleGANConfig(ngf=args.ngf, ndf=args.ndf, n_blocks=args.n_blocks)
+    return CycleGANConfig(ngf=args.ngf, ndf=args.ndf, n_blocks=args.n_blocks, lr=args.translation_lr)
+
+
+def _positive(args: argparse.Namespace, *flags: str) -> None:
+    """UsageError naming the first of ``flags`` (``--num-source`` …) whose value is not a positive integer."""
+    for flag in flags:
+        value = getattr(args, flag.removeprefix("--").replace("-", "_"), None)
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be a positive integer, got {value}")
+
+
+def _resize(args: argparse.Namespace, flag: str, dataset: str) -> Any:
+    """The resize of ``--source-size``/``--target-size`` for ``dataset``: (H, W) for embedded scenes (default
+    ``--size``), a long side or (H, W) for real data (default :data:`~bdl.data.DEFAULT_LONG_SIDE`)."""
+    values = getattr(args, flag.removeprefix("--").replace("-", "_"))
+    if values is not None:
+        if len(values) not in (1, 2) or min(values) < 1:
+            raise UsageError(f"{flag} takes L (long side) or H W, positive, got {' '.join(map(str, values))}")
+        if dataset == "scenes" and len(values) != 2:
+            raise UsageError(f"{flag}: embedded scenes are generated at an exact size: give H W, got {values[0]}")
+        return values[0] if len(values) == 1 else (values[0], values[1])
+    if dataset == "scenes":
+        return tuple(args.size) if args.size is not None else (64, 128)
+    return DEFAULT_LONG_SIDE
 
 
 def load_data(args: argparse.Namespace, *, need_source: bool = True) -> tuple[Any, Any, Any]:
-    """(source, target, val) from the CLI data flags (source None when not needed)."""
-    size = tuple(args.size)
+    """(source, target, val) from the CLI data flags (source None when not needed).
+
+    Source and target get their own resize (aspect kept for real data); the validation set keeps full-resolution
+    labels when it is real data (scores at the label's own resolution).
+    """
     seed = getattr(args, "data_seed", 0)
+    _positive(args, "--num-source", "--num-target", "--num-val")
+    uses_source = need_source and hasattr(args, "source")
+    datasets = ((args.source,) if uses_source else ()) + ((args.target,) if hasattr(args, "target") else ())
+    if args.size is not None and "scenes" not in datasets:
+        raise UsageError("--size sets the size of embedded scenes; for real data use --source-size/--target-size")
+    if args.size is not None and min(args.size) < 1:
+        raise UsageError(f"--size must be positive, got {args.size[0]} {args.size[1]}")
     src: Any = None
     tgt: Any = None
     val: Any = None
-    if need_source and hasattr(args, "source"):
+    if uses_source:
+        size = _resize(args, "--source-size", args.source)
         if args.source == "scenes":
             src = StreetScenes("synthetic", "train", num_images=args.num_source, size=size, seed=seed, root=args.cache)
         elif args.source_root is None:
-            raise ValueError(f"--source {args.source} needs --source-root")
+            raise UsageError(f"--source {args.source} needs --source-root")
         else:
             src = (gta5 if args.source == "gta5" else synthia)(args.source_root, size=size)
     if hasattr(args, "target"):
+        size = _resize(args, "--target-size", args.target)
         if args.target == "scenes":
             tgt = StreetScenes("real", "train", num_images=args.num_target, size=size, seed=seed, root=args.cache)
             val = StreetScenes("real", "val", num_images=args.num_val, size=size, seed=seed, root=args.cache)
         elif args.target_root is None:
-            raise ValueError("--target cityscapes needs --target-root")
+            raise UsageError("--target cityscapes needs --target-root")
         else:
             tgt = cityscapes(args.target_root, args.target_split, size=size)
-            val = cityscapes(args.target_root, args.val_split, size=size)
+            val = cityscapes(args.target_root, args.val_split, size=size, full_res_labels=True)
     return src, tgt, val
 
 
-def _register_encoders(specs: list[str]) -> None:
-    """Run each ``MODULE:FUNCTION`` of ``--register`` (encoders of other packages, by import path: no dependency)."""
-    for spec in specs:
-        module_name, _, function = spec.partition(":")
-        try:
-            register = getattr(importlib.import_module(module_name), function or "register_smp_encoders")
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"--register {spec!r}: cannot load it ({exc})") from exc
-        register()
+def _weights(args: argparse.Namespace) -> Path | None:
+    return getattr(args, "pretrained", None) or getattr(args, "checkpoint", None)
 
 
 def _build(args: argparse.Namespace) -> torch.nn.Module:
+    """M from the model flags, after running ``--register`` (an unknown ``--encoder`` is a UsageError)."""
     from bdl.models import build_segmenter
 
-    _register_encoders(getattr(args, "register", []))
-    try:
-        return build_segmenter(
-            args.model, num_classes=args.num_classes, encoder=args.encoder, weights_path=args.weights
-        )
-    except KeyError as exc:  # smp's unknown encoder / weights: surface as a usage error naming the flag
-        raise ValueError(f"--encoder {args.encoder!r}: {exc.args[0] if exc.args else exc}") from exc
+    run_register(getattr(args, "register", []))
+    return build_segmenter(args.model, num_classes=args.num_classes, encoder=args.encoder, weights_path=_weights(args))
 
 
-def _errors() -> tuple[type[Exception], ...]:
-    from dyncore.training import CheckpointError
+def _require_checkpoint(args: argparse.Namespace) -> Path:
+    if args.checkpoint is None:
+        raise UsageError("--checkpoint (alias --weights), the trained segmentation model M, is required")
+    return Path(args.checkpoint)
 
-    return (ValueError, FileNotFoundError, FileExistsError, CheckpointError)
 
-
-def _resumable_run(args: argparse.Namespace) -> tuple[RunDir, Checkpointer]:
-    """The run directory's config.json (written once: a resumed or refused run keeps its original) and a
-    Checkpointer keyed on every flag except the output path, device and threads."""
+def _resumable_run(args: argparse.Namespace) -> tuple[RunDir, Checkpointer, dict[str, Any]]:
+    """The run directory, a Checkpointer keyed on every flag except the output path, device, threads and --debug,
+    and the config to write to config.json once the resume check has passed (a refused resume keeps the old one)."""
     from dyncore.cli import RunDir
     from dyncore.training import Checkpointer
 
     run = RunDir(args.out)
     cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not callable(v)}
-    if not run.config_path.exists():
-        run.write_config(cfg)
-    return run, Checkpointer(run.checkpoints, {k: v for k, v in cfg.items() if k not in ("out", "device", "threads")})
-
-
-def _fail(prog: str, exc: Exception) -> int:
-    print(f"bdl {prog}: error: {exc}", file=sys.stderr)
-    return 2
+    keyed = {k: v for k, v in cfg.items() if k not in ("out", "device", "threads", "debug")}
+    return run, Checkpointer(run.checkpoints, keyed), cfg
 
 
 # ------------------------------------------------------------------------------------------------------------- run
@@ -212,6 +281,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~bdl.pipeline.BDLConfig` of ``bdl run`` (validates every value, naming its flag)."""
     from bdl.pipeline import BDLConfig
 
     return BDLConfig(
@@ -221,7 +291,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         segmenter=args.model,
         encoder=args.encoder,
         num_classes=args.num_classes,
-        weights_path=str(args.weights) if args.weights else None,
+        weights_path=str(args.pretrained) if args.pretrained else None,
+        register=list(args.register),
         adaptation=_adaptation_config(args),
         source_only_steps=args.source_only_steps,
         seg_steps=args.seg_steps,
@@ -241,22 +312,17 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
+    """Everything is validated (flags, data, model, sizes) before the run directory is touched; config.json is
+    (re)written only once the resume check has passed."""
     from bdl.evaluation import stage_table
-    from bdl.pipeline import run_bdl
+    from bdl.pipeline import BDLPipeline
     from dyncore.cli import RunDir
 
-    try:
-        src, tgt, val = load_data(args)
-        cfg = config_from_args(args)
-    except _errors() as exc:
-        return _fail("run", exc)
+    cfg = config_from_args(args)
+    src, tgt, val = load_data(args)
+    pipeline = BDLPipeline(cfg, args.out, source=src, target=tgt, val=val)
     run = RunDir(args.out)
-    if not run.config_path.exists():  # a resumed (or refused) run keeps its original config.json
-        run.write_config(cfg.to_dict())
-    try:
-        rows = run_bdl(cfg, run.path, source=src, target=tgt, val=val)
-    except _errors() as exc:  # e.g. resuming a run directory with another config
-        return _fail("run", exc)
+    rows = pipeline.run(on_start=lambda: run.write_config({**cfg.to_dict(), "data": pipeline.run_config["data"]}))
     print(stage_table(rows, per_class=False))
     return 0
 
@@ -278,41 +344,43 @@ def _train_seg_args(p: argparse.ArgumentParser) -> None:
     _train_args(g)
 
 
+def _check_counts(args: argparse.Namespace) -> None:
+    if args.steps < 0:
+        raise UsageError(f"--steps must be ≥ 0, got {args.steps}")
+    _positive(args, "--batch-size", "--ckpt-every", "--translation-batch")
+
+
 def _train_seg(args: argparse.Namespace) -> int:
     from bdl.evaluation import evaluate
     from bdl.pipeline import TranslatedSource, train_segmenter
-    from bdl.pseudo import PseudoLabeledTarget
     from dyncore.training import save_checkpoint
 
-    try:
-        src, tgt, val = load_data(args)
-        model = _build(args)
-        if args.translated is not None:
-            src = TranslatedSource(src, args.translated)
-        target: Dataset | None = None
-        if args.pseudo is not None:
-            target = PseudoLabeledTarget(tgt, args.pseudo)
-        elif args.adversarial:
-            target = tgt
-    except _errors() as exc:
-        return _fail("train-seg", exc)
-    run, ckpt = _resumable_run(args)
-    try:
-        model = train_segmenter(
-            model,
-            src,
-            target,
-            steps=args.steps,
-            cfg=_adaptation_config(args),
-            checkpointer=ckpt,
-            batch_size=args.batch_size,
-            ckpt_every=args.ckpt_every,
-            seed=args.seed,
-            device=args.device,
-            name="train-seg",
-        )
-    except _errors() as exc:  # e.g. resuming with another config
-        return _fail("train-seg", exc)
+    _check_counts(args)
+    cfg = _adaptation_config(args)
+    src, tgt, val = load_data(args)
+    model = _build(args)
+    if args.translated is not None:
+        src = TranslatedSource(src, args.translated)
+    target: Dataset | None = None
+    if args.pseudo is not None:
+        target = PseudoLabeledTarget(tgt, args.pseudo)
+    elif args.adversarial:
+        target = tgt
+    run, ckpt, config = _resumable_run(args)
+    model = train_segmenter(
+        model,
+        src,
+        target,
+        steps=args.steps,
+        cfg=cfg,
+        checkpointer=ckpt,
+        batch_size=args.batch_size,
+        ckpt_every=args.ckpt_every,
+        seed=args.seed,
+        device=args.device,
+        name="train-seg",
+        on_start=lambda: run.write_config(config),
+    )
     save_checkpoint(run.path / "model.pt", {"model": model.state_dict()})
     scores = evaluate(model, val, num_classes=args.num_classes, device=args.device)
     run.metrics.log(step=args.steps, **{k: v for k, v in scores.as_dict().items() if k != "iou"})
@@ -323,10 +391,10 @@ def _train_seg(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------------------------------- train-translation
 def _train_translation_args(p: argparse.ArgumentParser) -> None:
     _data_args(p)
-    _model_args(p)
+    _model_args(p, weights="checkpoint")
     g = p.add_argument_group("translation")
     g.add_argument("--steps", type=int, default=20_000, help="CycleGAN steps")
-    g.add_argument("--perceptual", action="store_true", help="perceptual loss (Eq. 5.6) with M from --weights")
+    g.add_argument("--perceptual", action="store_true", help="perceptual loss (Eq. 5.6) with M from --checkpoint")
     g.add_argument("--translate", action="store_true", help="also write S' = F(S) to OUT/translated/")
     g.add_argument("--ckpt-every", type=int, default=500, help="checkpoint every N steps")
     _translation_args(g)
@@ -335,44 +403,47 @@ def _train_translation_args(p: argparse.ArgumentParser) -> None:
 def _train_translation(args: argparse.Namespace) -> int:
     from bdl.data import denormalize_image
     from bdl.pipeline import train_translation
+    from dyncore.io import atomic_directory
     from dyncore.training import save_checkpoint
 
-    try:
-        src, tgt, _ = load_data(args)
-        if args.perceptual and args.weights is None:
-            raise ValueError("--perceptual needs --weights (the segmentation model M)")
-        m = _build(args) if args.perceptual else None
-    except _errors() as exc:
-        return _fail("train-translation", exc)
-    run, ckpt = _resumable_run(args)
-    try:
-        cyc = train_translation(
-            src,
-            tgt,
-            _translation_config(args),
-            steps=args.steps,
-            checkpointer=ckpt,
-            batch_size=args.translation_batch,
-            crop=args.translation_crop,
-            perceptual_model=m,
-            ckpt_every=args.ckpt_every,
-            seed=args.seed,
-            device=args.device,
-            name="train-translation",
+    _check_counts(args)
+    tcfg = _translation_config(args)
+    if args.perceptual and args.checkpoint is None:
+        raise UsageError("--perceptual needs --checkpoint (alias --weights): the segmentation model M")
+    if args.checkpoint is not None and not args.perceptual:
+        raise UsageError("--checkpoint is only used with --perceptual (the segmentation model of Eq. 5.6)")
+    if args.translation_crop is not None and (args.translation_crop % 4 or args.translation_crop < tcfg.min_size):
+        raise UsageError(
+            f"--translation-crop must be a multiple of 4 and at least {tcfg.min_size}, got {args.translation_crop}"
         )
-    except _errors() as exc:  # e.g. resuming with another config
-        return _fail("train-translation", exc)
+    src, tgt, _ = load_data(args)
+    m = _build(args) if args.perceptual else None
+    run, ckpt, config = _resumable_run(args)
+    cyc = train_translation(
+        src,
+        tgt,
+        tcfg,
+        steps=args.steps,
+        checkpointer=ckpt,
+        batch_size=args.translation_batch,
+        crop=args.translation_crop,
+        perceptual_model=m,
+        ckpt_every=args.ckpt_every,
+        seed=args.seed,
+        device=args.device,
+        name="train-translation",
+        on_start=lambda: run.write_config(config),
+    )
     save_checkpoint(run.path / "translation.pt", {"model": cyc.state_dict()})
     if args.translate:
         from PIL import Image
 
         out = run.path / "translated"
-        out.mkdir(exist_ok=True)
         cyc.eval()
-        with torch.no_grad():
+        with torch.no_grad(), atomic_directory(out) as tmp:
             for i in range(len(src)):
                 y = denormalize_image(cyc.g_st(src[i][0][None].to(args.device)).cpu())[0]
-                Image.fromarray(y.permute(1, 2, 0).numpy()).save(out / f"{i:06d}.png")
+                Image.fromarray(y.permute(1, 2, 0).numpy()).save(tmp / f"{i:06d}.png")
         print(f"translated {len(src)} source images into {out}")
     return 0
 
@@ -380,34 +451,33 @@ def _train_translation(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------- pseudo-label
 def _pseudo_args(p: argparse.ArgumentParser) -> None:
     _data_args(p, source=False)
-    _model_args(p)
+    _model_args(p, weights="checkpoint")
     p.add_argument("--mode", default="global", choices=("global", "class_median"), help="selection rule")
     p.add_argument("--threshold", type=float, default=0.9, help="max probability threshold (cap for class_median)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
 
 
 def _pseudo(args: argparse.Namespace) -> int:
+    from bdl.checks import check_number
     from bdl.pseudo import generate_pseudo_labels, plot_confidence_curve
     from dyncore.cli import RunDir
 
-    try:
-        if args.weights is None:
-            raise ValueError("--weights (the trained segmentation model M) is required")
-        _, tgt, _ = load_data(args, need_source=False)
-        model = _build(args)
-        run = RunDir(args.out)
-        res = generate_pseudo_labels(
-            model,
-            tgt,
-            run.path / "pseudo_labels",
-            mode=args.mode,
-            threshold=args.threshold,
-            batch_size=args.batch_size,
-            device=args.device,
-            num_classes=args.num_classes,
-        )
-    except _errors() as exc:
-        return _fail("pseudo-label", exc)
+    _require_checkpoint(args)
+    check_number(args.threshold, "threshold", "--threshold", low=0, high=1, low_open=True, high_open=True)
+    _positive(args, "--batch-size")
+    _, tgt, _ = load_data(args, need_source=False)
+    model = _build(args)
+    run = RunDir(args.out)
+    res = generate_pseudo_labels(
+        model,
+        tgt,
+        run.path / "pseudo_labels",
+        mode=args.mode,
+        threshold=args.threshold,
+        batch_size=args.batch_size,
+        device=args.device,
+        num_classes=args.num_classes,
+    )
     plot_confidence_curve(res.histogram, run.plot("pixel_ratio_vs_confidence"))
     print(f"selected pixels: {res.pixel_ratio * 100:.1f}%  → {res.folder}")
     return 0
@@ -416,38 +486,36 @@ def _pseudo(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------------------- eval
 def _eval_args(p: argparse.ArgumentParser) -> None:
     _data_args(p, source=False)
-    _model_args(p)
+    _model_args(p, weights="checkpoint")
     p.add_argument(
         "--output-size",
         type=int,
         nargs=2,
         default=None,
         metavar=("H", "W"),
-        help="upsample predictions to this size before scoring (released: 1024 2048)",
+        help="upsample predictions (and resize labels) to this size before scoring; default: each label's own "
+        "resolution (Cityscapes: 1024×2048, the released protocol)",
     )
 
 
 def _eval(args: argparse.Namespace) -> int:
     from bdl.evaluation import evaluate, stage_table
+    from dyncore.io import atomic_write_json
 
-    try:
-        if args.weights is None:
-            raise ValueError("--weights (the trained segmentation model M) is required")
-        _, _, val = load_data(args, need_source=False)
-        model = _build(args)
-        scores = evaluate(
-            model,
-            val,
-            num_classes=args.num_classes,
-            device=args.device,
-            output_size=tuple(args.output_size) if args.output_size else None,
-        )
-    except _errors() as exc:
-        return _fail("eval", exc)
-    print(stage_table([{"label": str(args.weights), **scores.as_dict(), "pixel_ratio": None}]))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(scores.as_dict(), indent=1))
+    checkpoint = _require_checkpoint(args)
+    if args.output_size is not None and min(args.output_size) < 1:
+        raise UsageError(f"--output-size must be positive, got {args.output_size}")
+    _, _, val = load_data(args, need_source=False)
+    model = _build(args)
+    scores = evaluate(
+        model,
+        val,
+        num_classes=args.num_classes,
+        device=args.device,
+        output_size=tuple(args.output_size) if args.output_size else None,
+    )
+    print(stage_table([{"label": str(checkpoint), **scores.as_dict(), "pixel_ratio": None}]))
+    atomic_write_json(Path(args.out) / "eval.json", scores.as_dict(), indent=1)
     return 0
 
 

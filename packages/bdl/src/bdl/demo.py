@@ -23,7 +23,7 @@ import torch
 
 from bdl.adaptation import AdaptationConfig
 from bdl.data import StreetScenes
-from bdl.evaluation import stage_table
+from bdl.evaluation import format_score, stage_table
 from bdl.pipeline import BDLConfig, run_bdl
 from bdl.translation import CycleGANConfig
 
@@ -74,7 +74,8 @@ def _claims(rows: dict[str, dict[str, Any]]) -> list[Any]:
     from dyncore.report import Claim
 
     def m(stage: str) -> float:
-        return float(rows[stage]["miou19"]) if stage in rows else float("nan")
+        v = rows[stage]["miou19"] if stage in rows else None
+        return float("nan") if v is None else float(v)
 
     def r(stage: str) -> float:
         return float(rows[stage]["pixel_ratio"]) * 100 if stage in rows else float("nan")
@@ -123,7 +124,7 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, K: int = 2, N: in
     short = stage_table(rows, per_class=False)
     print(short)
     paper = "| model | paper mIoU-19 (GTA5→Cityscapes) | measured mIoU-19 |\n|---|---|---|\n" + "\n".join(
-        f"| {r['label']} | {PAPER.get(r['stage'], '–')} | {float(r['miou19']):.1f} |" for r in rows
+        f"| {r['label']} | {PAPER.get(r['stage'], '–')} | {format_score(r['miou19'])} |" for r in rows
     )
     plots = sorted(p.relative_to(out).as_posix() for p in (out / "run" / "plots").glob("qualitative_*.png"))
     plots += sorted(p.relative_to(out).as_posix() for p in (out / "run" / "plots").glob("confidence_pseudo*.png"))

@@ -30,13 +30,33 @@ class SegmentationScores:
     pixel_accuracy: float
 
     def as_dict(self) -> dict[str, object]:
+        """Strict-JSON form: NaN (a class absent from labels and predictions) becomes None (JSON null)."""
         return {
-            "miou19": self.miou19,
-            "miou16": self.miou16,
-            "miou13": self.miou13,
-            "pixel_accuracy": self.pixel_accuracy,
-            "iou": self.iou,
+            "miou19": _finite_or_none(self.miou19),
+            "miou16": _finite_or_none(self.miou16),
+            "miou13": _finite_or_none(self.miou13),
+            "pixel_accuracy": _finite_or_none(self.pixel_accuracy),
+            "iou": [_finite_or_none(v) for v in self.iou],
         }
+
+
+def _finite_or_none(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None
+
+
+def _resize_labels(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of label maps (B, H, W) (no new class ids appear)."""
+    return F.interpolate(y[:, None].float(), size=size, mode="nearest")[:, 0].long()
+
+
+def _check_aspect(pred: tuple[int, ...], label: tuple[int, ...], tol: float = 0.02) -> None:
+    """Upsampling a prediction to its label's size is only valid when both show the same field of view."""
+    a, b = pred[-1] / pred[-2], label[-1] / label[-2]
+    if abs(a / b - 1) > tol:
+        raise ValueError(
+            f"image/label size mismatch: predictions {tuple(pred[-2:])} and labels {tuple(label[-2:])} have different "
+            "aspect ratios"
+        )
 
 
 @torch.no_grad()
@@ -51,8 +71,10 @@ def evaluate(
 ) -> SegmentationScores:
     """Predict every image of ``dataset`` and score against its labels (ignore 255).
 
-    ``output_size`` upsamples the logits (bilinear) before the argmax and resizes labels (nearest), like the released
-    protocol (predict at 1024×512, score at 2048×1024).
+    Scoring happens at each label's own resolution: when a label map is larger than the image (real data resized
+    for the network, labels kept at full resolution, e.g. Cityscapes 1024×512 → 2048×1024, the released protocol),
+    the logits are upsampled bilinearly to the label's size before the argmax. ``output_size`` instead upsamples the
+    logits to that size and resizes the labels (nearest) to it.
     """
     from dyncore.training import ConfusionMatrix
 
@@ -63,20 +85,20 @@ def evaluate(
     for start in range(0, n, batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, n))]
         x = torch.stack([it[0] for it in items]).to(device)
-        y = torch.stack([it[1] for it in items])
         logits = model(x)
         if logits.shape[1] != num_classes:
             raise ValueError(
                 f"class-count mismatch: the model predicts {logits.shape[1]} classes, the data have {num_classes}"
             )
-        if output_size is not None:
-            logits = F.interpolate(logits, size=output_size, mode="bilinear", align_corners=False)
-            y = F.interpolate(y[:, None].float(), size=output_size, mode="nearest")[:, 0].long()
-        if logits.shape[-2:] != y.shape[-2:]:
-            raise ValueError(
-                f"image/label size mismatch: predictions {tuple(logits.shape[-2:])} vs labels {tuple(y.shape[-2:])}"
-            )
-        cm.update(logits.argmax(1).cpu(), y)
+        for j, (_, label) in enumerate(items):  # labels may differ in size from each other (full resolution)
+            scores, y = logits[j : j + 1], label[None]
+            if output_size is not None:
+                scores = F.interpolate(scores, size=output_size, mode="bilinear", align_corners=False)
+                y = _resize_labels(y, output_size)
+            elif scores.shape[-2:] != y.shape[-2:]:
+                _check_aspect(tuple(scores.shape), tuple(y.shape))
+                scores = F.interpolate(scores, size=tuple(y.shape[-2:]), mode="bilinear", align_corners=False)
+            cm.update(scores.argmax(1).cpu(), y)
     model.train(was_training)
     iou = (cm.iou() * 100).tolist()
     sub16 = list(CLASSES_16) if num_classes == 19 else None
@@ -90,8 +112,12 @@ def evaluate(
     )
 
 
-def _fmt(v: float) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1f}"
+def format_score(v: object) -> str:
+    """One decimal; '–' for a missing (None) or NaN score."""
+    if v is None:
+        return "–"
+    f = float(v)  # type: ignore[arg-type]
+    return "–" if math.isnan(f) else f"{f:.1f}"
 
 
 def stage_table(rows: list[dict[str, object]], *, per_class: bool = True) -> str:
@@ -104,13 +130,13 @@ def stage_table(rows: list[dict[str, object]], *, per_class: bool = True) -> str
         ratio = r.get("pixel_ratio")
         cells = [
             str(r["label"]),
-            _fmt(float(r["miou19"])),  # type: ignore[arg-type]
-            _fmt(float(r["miou16"])),  # type: ignore[arg-type]
-            _fmt(float(r["miou13"])),  # type: ignore[arg-type]
-            _fmt(float(ratio) * 100) if ratio is not None else "–",  # type: ignore[arg-type]
+            format_score(r["miou19"]),
+            format_score(r["miou16"]),
+            format_score(r["miou13"]),
+            format_score(float(ratio) * 100) if ratio is not None else "–",  # type: ignore[arg-type]
         ]
         if per_class:
-            cells += [_fmt(float(v)) for v in cast(list, r["iou"])]
+            cells += [format_score(v) for v in cast(list, r["iou"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -135,6 +161,8 @@ def save_qualitative(
         x, y = dataset[i]
         prob = F.softmax(model(x[None].to(device)), dim=1)[0].cpu()
         conf, pred = prob.max(0)
+        if tuple(y.shape) != tuple(pred.shape):  # a full-resolution label: shown at the image's size
+            y = _resize_labels(y[None], (int(pred.shape[0]), int(pred.shape[1])))[0]
         img = denormalize_image(x).permute(1, 2, 0).numpy()
         mask = np.repeat(((conf > threshold).numpy().astype(np.uint8) * 255)[..., None], 3, axis=2)
         rows.append(

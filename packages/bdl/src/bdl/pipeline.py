@@ -14,9 +14,14 @@ Stages, in order (K outer rounds, N self-training rounds)::
 Every training stage is checkpointed by :class:`dyncore.training.Checkpointer` (model, optimizer, every RNG, step;
 config-fingerprinted) every ``ckpt_every`` steps; every finished stage is recorded in ``manifest.json`` (written
 atomically) with its metrics. Running again in the same directory resumes at the stage and step where the previous
-run stopped; batches are drawn with the global torch RNG, which the checkpoint restores, so a resumed run ends with
-exactly the weights of an uninterrupted one. A different config in an existing run directory raises
-:class:`dyncore.training.ConfigMismatchError` before anything is written.
+run stopped; batches are drawn with the global torch RNG, which the checkpoint restores, and every training stage seeds
+the RNGs with its own seed BEFORE it builds anything random (D_M, the CycleGAN), so a resumed run ends with exactly
+the weights of an uninterrupted one wherever it was killed — mid-stage, between two stages, or inside a checkpoint
+write (whose temporary file the next run removes). A different config in an existing run directory raises
+:class:`dyncore.training.ConfigMismatchError` before anything is written; every other check (flags, data, model,
+sizes) runs when the pipeline is built, before the first stage.
+
+Stage kinds map to handlers (:attr:`BDLPipeline.handlers`); :meth:`BDLPipeline.run` is only the resume loop.
 
 As in the released code each M_i⁽ᵏ⁾ is trained from the initial weights (``warm_start=False``); the last
 checkpoint of a stage is its result.
@@ -27,8 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,9 +51,17 @@ from bdl.adaptation import (
     make_segmenter_optimizer,
     set_lr,
 )
+from bdl.checks import (
+    check_batch_size,
+    check_choice,
+    check_image_size,
+    check_number,
+    load_register_function,
+    run_register,
+)
 from bdl.data.scenes import denormalize_image, normalize_image
 from bdl.evaluation import evaluate, save_qualitative, stage_table
-from bdl.models import build_segmenter
+from bdl.models import build_segmenter, input_requirements
 from bdl.pseudo import (
     ConfidenceHistogram,
     PseudoLabeledTarget,
@@ -66,6 +77,7 @@ from bdl.translation import (
     make_translation_optimizers,
     translation_step,
 )
+from dyncore.io import atomic_directory, atomic_write_json, atomic_write_text, remove_stale_tmp
 
 StepHook = Callable[[str, int], None]
 
@@ -82,7 +94,9 @@ class BDLConfig:
     encoder: str = "resnet101"
     num_classes: int = 19
     segmenter_kwargs: dict[str, Any] = field(default_factory=dict)
-    weights_path: str | None = None
+    weights_path: str | None = None  # initial weights (--pretrained): ImageNet backbone or a full model
+    # MODULE:FUNCTION callables that register more smp encoders (--register), called before M is built
+    register: list[str] = field(default_factory=list)
     adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
     source_only_steps: int = 80_000
     seg_steps: int = 80_000  # M₀⁽ᵏ⁾ (no pseudo labels)
@@ -104,16 +118,50 @@ class BDLConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        """Validate every field (named with its ``bdl run`` flag) so that a bad value fails before any stage runs."""
+        from bdl.models import list_segmenters
+
         if isinstance(self.adaptation, dict):
             self.adaptation = AdaptationConfig(**self.adaptation)
         if isinstance(self.translation, dict):
             self.translation = CycleGANConfig(**self.translation)
-        if self.K < 1 or self.N < 0:
-            raise ValueError(f"need K ≥ 1 and N ≥ 0, got K={self.K}, N={self.N}")
-        if self.translation_crop is not None and (self.translation_crop < 4 or self.translation_crop % 4):
-            raise ValueError(f"translation_crop must be a positive multiple of 4, got {self.translation_crop}")
-        if self.pseudo_mode not in ("global", "class_median"):
-            raise ValueError(f"pseudo_mode must be 'global' or 'class_median', got {self.pseudo_mode!r}")
+        self.register = list(self.register)
+        check_number(self.K, "K", "--K", low=1, integer=True)
+        check_number(self.N, "N", "--N", low=0, integer=True)
+        # stage seeds are seed·1000 + stage index (≤ 1 + 5K stages): keep them inside numpy's 32-bit range
+        check_number(self.seed, "seed", "--seed", low=0, high=(2**32 - 1 - 5 * self.K - 1) // 1000, integer=True)
+        check_choice(self.segmenter, "segmenter", "--model", tuple(list_segmenters()))
+        check_number(self.num_classes, "num_classes", "--num-classes", low=1, integer=True)
+        for name in ("source_only_steps", "seg_steps", "seg_steps_st", "translation_steps"):
+            check_number(getattr(self, name), name, f"--{name.replace('_', '-')}", low=0, integer=True)
+        check_number(self.batch_size, "batch_size", "--batch-size", low=1, integer=True)
+        check_number(self.translation_batch, "translation_batch", "--translation-batch", low=1, integer=True)
+        if self.translation_crop is not None and (
+            isinstance(self.translation_crop, bool)
+            or not isinstance(self.translation_crop, int)
+            or self.translation_crop < self.translation.min_size
+            or self.translation_crop % 4
+        ):
+            raise ValueError(
+                f"translation_crop (--translation-crop) must be a multiple of 4 and at least "
+                f"{self.translation.min_size} (F's PatchGAN), got {self.translation_crop}"
+            )
+        check_choice(self.pseudo_mode, "pseudo_mode", "--pseudo-mode", ("global", "class_median"))
+        check_number(
+            self.pseudo_threshold,
+            "pseudo_threshold",
+            "--pseudo-threshold",
+            low=0,
+            high=1,
+            low_open=True,
+            high_open=True,
+        )
+        check_number(self.eval_batch, "eval_batch", None, low=1, integer=True)
+        check_number(self.ckpt_every, "ckpt_every", "--ckpt-every", low=1, integer=True)
+        for spec in self.register:
+            load_register_function(spec)  # importable now, not after the first stages
+        if self.weights_path is not None and not Path(self.weights_path).is_file():
+            raise FileNotFoundError(f"--pretrained {self.weights_path}: no such file")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -155,22 +203,16 @@ def algorithm2_stages(K: int, N: int) -> list[Stage]:
     return stages
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def dataset_identity(ds: Dataset) -> dict[str, Any]:
-    """What identifies a data set in the run config: type, size, content hash (if any), first/last names."""
+    """What identifies a data set in the run config: type, length, resize (a real data set's ``--source-size`` /
+    ``--target-size``: another one must not resume this run), content hash (if any), first/last names."""
     names = list(getattr(ds, "names", []))
+    resize = getattr(ds, "resize", getattr(ds, "size", None))
     return {
         "type": type(ds).__name__,
         "len": len(ds),  # type: ignore[arg-type]
+        "resize": list(resize) if isinstance(resize, tuple | list) else resize,
+        "full_res_labels": bool(getattr(ds, "full_res_labels", False)),
         "content_hash": getattr(ds, "content_hash", None),
         "first": names[0] if names else None,
         "last": names[-1] if names else None,
@@ -207,6 +249,36 @@ def _batch(ds: Dataset, idx: torch.Tensor, device: str) -> tuple[torch.Tensor, t
     return torch.stack([a for a, _ in items]).to(device), torch.stack([b for _, b in items]).to(device)
 
 
+def _image_size(ds: Dataset) -> tuple[int, int]:
+    """(H, W) of the first item's image (from the file header when the data set can tell without decoding)."""
+    if hasattr(ds, "image_size"):
+        return tuple(ds.image_size(0))  # type: ignore[attr-defined,return-value]
+    return tuple(ds[0][0].shape[-2:])  # type: ignore[return-value]
+
+
+def check_segmenter_input(model: nn.Module, ds: Dataset, what: str, flag: str, *, adversarial: bool) -> None:
+    """ValueError naming ``flag`` when the images of ``ds`` are smaller than M's stride (or not multiples of it when
+    M needs that), or smaller than 32 px when the output-space discriminator D_M (five stride-2 convs) sees them."""
+    size = _image_size(ds)
+    stride, divisible = input_requirements(model)
+    network = str(getattr(model, "segmenter_name", type(model).__name__))
+    check_image_size(size, stride, what, f"the segmentation model M ({network})", flag, divisible=divisible)
+    if adversarial:
+        check_image_size(size, 32, what, "the output-space discriminator D_M", flag)
+
+
+def check_translation_input(config: CycleGANConfig, ds: Dataset, what: str, flag: str) -> None:
+    """ValueError naming ``flag`` when F cannot take the images of ``ds``: S' = F(S) is computed on whole images,
+    whose sides must be multiples of 4 (two stride-2 convs) and at least the PatchGAN's minimum."""
+    h, w = _image_size(ds)
+    need = config.min_size
+    if h % 4 or w % 4 or min(h, w) < need:
+        raise ValueError(
+            f"{flag}: the {what} images are {h}×{w} but the translation model F needs sides that are multiples of 4 "
+            f"and at least {need}; choose another {flag}"
+        )
+
+
 def train_segmenter(
     model: nn.Module,
     source: Dataset,
@@ -222,15 +294,18 @@ def train_segmenter(
     log: Callable[[str], None] = print,
     name: str = "M",
     step_hook: Callable[[int], None] | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> nn.Module:
     """Train M for ``steps`` steps with Eq. 5.1/5.3, resumable from ``checkpointer`` (a dyncore Checkpointer).
 
     ``target`` None: source only (M⁽⁰⁾); a plain target set: Eq. 5.1 (adversarial only); a
     :class:`~bdl.pseudo.PseudoLabeledTarget`: Eq. 5.3 (adversarial + pseudo-label loss). Batches are drawn with the
-    global torch RNG (``batch_size`` source + ``batch_size`` target images per step), seeded with ``seed`` on a fresh
-    start and restored by the checkpointer on resume.
+    global torch RNG (``batch_size`` source + ``batch_size`` target images per step), seeded with ``seed`` before D_M
+    is built and restored by the checkpointer on resume. ``on_start`` is called once the resume check has passed (a
+    CLI writes its config.json there). A non-finite loss raises :class:`dyncore.training.NonFiniteError` before the
+    step's checkpoint is written.
     """
-    from dyncore.training import seed_everything
+    from dyncore.training import check_finite, seed_everything
 
     model = model.to(device)
     num_classes = int(getattr(model, "num_classes", 0) or 0)
@@ -240,6 +315,14 @@ def train_segmenter(
             raise ValueError(
                 f"class-count mismatch: the model predicts {num_classes} classes but the {what} data set has {dc}"
             )
+    check_batch_size(batch_size, source, "source", flag="--batch-size")
+    check_segmenter_input(model, source, "source", "--source-size", adversarial=False)
+    if target is not None:
+        check_batch_size(batch_size, target, "target", flag="--batch-size")
+        check_segmenter_input(model, target, "target", "--target-size", adversarial=cfg.lambda_adv > 0)
+    # Seed BEFORE anything random is built (D's initial weights): a fresh start and a resume then agree whatever the
+    # process did before this stage (a resume overwrites D and the RNG state from the checkpoint anyway).
+    seed_everything(seed)
     disc = None
     if target is not None and cfg.lambda_adv > 0:
         disc = OutputDiscriminator(num_classes or cfg_num_classes(model, source, device), ndf=cfg.ndf).to(device)
@@ -248,13 +331,14 @@ def train_segmenter(
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, betas=cfg.d_betas) if disc is not None else None
     resumed = checkpointer.resume(model=holder, optimizer=opt_m)
     if resumed is None:
-        seed_everything(seed)
         start = 0
     else:
         start = resumed["step"]
         if opt_d is not None:
             opt_d.load_state_dict(resumed["extra"]["opt_d"])
         log(f"  resuming {name} at step {start}/{steps}")
+    if on_start is not None:
+        on_start()
     with_labels = isinstance(target, PseudoLabeledTarget)
     model.train()
     for step in range(start, steps):
@@ -264,8 +348,10 @@ def train_segmenter(
         if target is not None:
             xt, yt = _batch(target, torch.randint(len(target), (batch_size,)), device)  # type: ignore[arg-type]
             tb = (xt, yt if with_labels else None)
-        adaptation_step(model, disc, opt_m, opt_d, xs, tb, cfg)
+        losses = adaptation_step(model, disc, opt_m, opt_d, xs, tb, cfg)
         done = step + 1
+        for term, value in losses.items():  # before any checkpoint: non-finite weights are never saved
+            check_finite(value, what=f"{name}: loss term {term!r} at step {done}", hint=f"lower --lr (now {cfg.lr:g})")
         if done % ckpt_every == 0 or done == steps:
             checkpointer.save(
                 done, model=holder, optimizer=opt_m, extra={"opt_d": opt_d.state_dict()} if opt_d is not None else {}
@@ -314,14 +400,20 @@ def train_translation(
     log: Callable[[str], None] = print,
     name: str = "F",
     step_hook: Callable[[int], None] | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> CycleGAN:
     """Train F, F⁻¹ (Eq. 5.2) for ``steps`` steps (lr constant for the first half, then linear to 0), resumable.
 
     ``perceptual_model``: the segmentation model M used (frozen, eval mode) by the perceptual loss of Eq. 5.6;
     None trains a plain CycleGAN (k = 1 in Algorithm 2).
     """
-    from dyncore.training import seed_everything
+    from dyncore.training import check_finite, seed_everything
 
+    check_batch_size(batch_size, source, "source", flag="--translation-batch")
+    check_batch_size(batch_size, target, "target", flag="--translation-batch")
+    check_translation_input(config, source, "source", "--source-size")
+    check_translation_input(config, target, "target", "--target-size")
+    seed_everything(seed)  # before F, F⁻¹ and both discriminators are initialised (see train_segmenter)
     cyc = CycleGAN(config).to(device)
     opt_g, opt_d = make_translation_optimizers(cyc)
     perceptual = None
@@ -331,7 +423,6 @@ def train_translation(
         )
     resumed = checkpointer.resume(model=cyc, optimizer=opt_g)
     if resumed is None:
-        seed_everything(seed)
         start = 0
     else:
         start = resumed["step"]
@@ -339,6 +430,8 @@ def train_translation(
         cyc.pool_s.load_state(resumed["extra"]["pool_s"])
         cyc.pool_t.load_state(resumed["extra"]["pool_t"])
         log(f"  resuming {name} at step {start}/{steps}")
+    if on_start is not None:
+        on_start()
     cyc.train()
 
     def extra() -> dict[str, Any]:
@@ -353,8 +446,14 @@ def train_translation(
         xt, _ = _batch(target, torch.randint(len(target), (batch_size,)), device)  # type: ignore[arg-type]
         if crop is not None:
             xs, xt = random_crop(xs, crop), random_crop(xt, crop)
-        translation_step(cyc, opt_g, opt_d, xs, xt, perceptual)
+        losses = translation_step(cyc, opt_g, opt_d, xs, xt, perceptual)
         done = step + 1
+        for term, value in losses.items():
+            check_finite(
+                value,
+                what=f"{name}: loss term {term!r} at step {done}",
+                hint=f"lower --translation-lr (now {config.lr:g})",
+            )
         if done % ckpt_every == 0 or done == steps:
             checkpointer.save(done, model=cyc, optimizer=opt_g, extra=extra())
         if step_hook is not None:
@@ -364,6 +463,9 @@ def train_translation(
     return cyc
 
 
+_MODEL_KINDS = ("source_only", "adapt")  # stages whose result is a segmentation model M (a row of the stage table)
+
+
 class BDLPipeline:
     """Run Algorithm 2 in ``run_dir`` on (source with labels, target without, target validation with labels).
 
@@ -371,10 +473,15 @@ class BDLPipeline:
         config: the run's :class:`BDLConfig`.
         run_dir: output directory (created); re-running in it resumes.
         source, target, val: datasets yielding (image (3, H, W) in [-1, 1], label (H, W) int64); target labels are
-            never used for training, only ``val`` labels for evaluation.
+            never used for training, only ``val`` labels for evaluation (they may be larger than the images: the
+            predictions are upsampled to the label's own resolution for scoring).
         step_hook: called as ``hook(stage_name, completed_steps)`` after every optimisation step (a test uses it to
             simulate a kill).
         log: a print-like function for progress lines.
+
+    Everything that can be checked without training is checked here, before anything is written: the config, the
+    ``register`` functions, the encoder, class counts, batch sizes against the data set sizes, image sizes against
+    the networks' strides.
     """
 
     def __init__(
@@ -400,6 +507,8 @@ class BDLPipeline:
                     f"class-count mismatch: the segmentation model M predicts {config.num_classes} classes but the "
                     f"{name} data set has {c}"
                 )
+        run_register(config.register)
+        self._check_data(self._new_segmenter())
         self.stages = algorithm2_stages(config.K, config.N)
         self.run_config = {
             "bdl": config.to_dict(),
@@ -413,8 +522,26 @@ class BDLPipeline:
         self._run_ckpt = Checkpointer(self.ckpt_root, self.run_config)
         self.manifest_path = self.run_dir / "manifest.json"
         self.device = config.device
+        #: stage kind → handler(stage) -> metrics; a handler runs only for a stage the manifest does not list as done
+        self.handlers: dict[str, Callable[[Stage], dict[str, Any]]] = {
+            "source_only": self._run_source_only,
+            "translation": self._run_translation,
+            "translate": self._run_translate,
+            "adapt": self._run_adapt,
+            "pseudo": self._run_pseudo,
+        }
 
     # ------------------------------------------------------------------------------------------------- helpers
+    def _check_data(self, model: nn.Module) -> None:
+        """Batch sizes fit the data; image sizes fit M's stride, D_M's five stride-2 convs and F's PatchGAN."""
+        c = self.config
+        for what, ds, flag in (("source", self.source, "--source-size"), ("target", self.target, "--target-size")):
+            check_batch_size(c.batch_size, ds, what, flag="--batch-size")
+            check_batch_size(c.translation_batch, ds, what, flag="--translation-batch")
+            check_segmenter_input(model, ds, what, flag, adversarial=what == "target" and c.adaptation.lambda_adv > 0)
+            check_translation_input(c.translation, ds, what, flag)
+        check_segmenter_input(model, self.val, "val", "--target-size", adversarial=False)
+
     def _new_segmenter(self) -> nn.Module:
         c = self.config
         return build_segmenter(c.segmenter, num_classes=c.num_classes, encoder=c.encoder, **c.segmenter_kwargs)
@@ -422,10 +549,21 @@ class BDLPipeline:
     def _stage_seed(self, stage: Stage) -> int:
         return self.config.seed * 1000 + [s.name for s in self.stages].index(stage.name) + 1
 
-    def _checkpointer(self, stage: Stage) -> Any:
+    def _checkpointer(self, stage: Stage | str) -> Any:
         from dyncore.training import Checkpointer
 
-        return Checkpointer(self.ckpt_root / stage.name, self.run_config)
+        return Checkpointer(self.ckpt_root / (stage if isinstance(stage, str) else stage.name), self.run_config)
+
+    def _previous_m(self, stage: Stage) -> str:
+        """The latest M before ``stage`` in Algorithm 2 ("init" before M⁽⁰⁾)."""
+        before = self.stages[: [s.name for s in self.stages].index(stage.name)]
+        return next((s.name for s in reversed(before) if s.kind in _MODEL_KINDS), "init")
+
+    def _translated_dir(self, k: int) -> Path:
+        return self.run_dir / "translated" / f"k{k}"
+
+    def _pseudo_dir(self, k: int, i: int) -> Path:
+        return self.run_dir / "pseudo" / f"k{k}_i{i}"
 
     def _load_manifest(self) -> dict[str, Any]:
         if self.manifest_path.is_file():
@@ -433,24 +571,43 @@ class BDLPipeline:
         return {"stages": {}, "order": [s.name for s in self.stages]}
 
     def _save_manifest(self, manifest: dict[str, Any]) -> None:
-        _write_json_atomic(self.manifest_path, manifest)
+        atomic_write_json(self.manifest_path, manifest, indent=1)
 
-    def _hook(self, stage: Stage, step: int) -> None:
-        if self.step_hook is not None:
-            self.step_hook(stage.name, step)
+    def _hook(self, stage: Stage) -> Callable[[int], None] | None:
+        if self.step_hook is None:
+            return None
+        hook = self.step_hook
+        return lambda step: hook(stage.name, step)
 
     def _segmenter_from(self, stage_name: str) -> nn.Module:
         """The final M of a finished stage (its last checkpoint)."""
+        from dyncore.training import load_state_dict_strict
+
         model = self._new_segmenter()
         if stage_name == "init":
             state = self._run_ckpt.load("init.pt")["model"]
         else:
-            state = self._checkpointer(Stage(stage_name, "adapt")).load()["model"]
+            state = self._checkpointer(stage_name).load()["model"]
             state = {k.removeprefix("m."): v for k, v in state.items() if k.startswith("m.")}
-        from dyncore.training import load_state_dict_strict
-
         load_state_dict_strict(model, state)
         return model.to(self.device)
+
+    def _initial_model(self) -> None:
+        """init.pt: M's initial weights (seeded, or ``weights_path``). Resuming checks the run config against it
+        (ConfigMismatchError before anything is written)."""
+        from dyncore.training import seed_everything
+
+        init = self._new_segmenter()
+        if self._run_ckpt.exists("init.pt"):
+            self._run_ckpt.resume(model=init, name="init.pt")  # raises ConfigMismatchError for another config
+            return
+        seed_everything(self.config.seed)
+        init = self._new_segmenter()
+        if self.config.weights_path is not None:
+            from bdl.models import load_pretrained
+
+            load_pretrained(init, self.config.weights_path)
+        self._run_ckpt.save(0, model=init, name="init.pt")
 
     # --------------------------------------------------------------------------------------------------- stages
     def _train_segmenter(
@@ -471,12 +628,30 @@ class BDLPipeline:
             device=self.device,
             log=self.log,
             name=stage.name,
-            step_hook=None if self.step_hook is None else (lambda step: self._hook(stage, step)),
+            step_hook=self._hook(stage),
         )
 
-    def _train_translation(self, stage: Stage, perceptual_from: str | None) -> CycleGAN:
+    def _run_source_only(self, stage: Stage) -> dict[str, Any]:
+        """M⁽⁰⁾: source images with their labels only."""
+        model = self._train_segmenter(stage, self.source, None, "init", self.config.source_only_steps)
+        return self._measure(stage, model)
+
+    def _run_adapt(self, stage: Stage) -> dict[str, Any]:
+        """M_i⁽ᵏ⁾: S' with Y_S + adversarial on T (Eq. 5.1), + pseudo labels of pseudo{k}_{i} when i ≥ 1 (Eq. 5.3)."""
         c = self.config
-        return train_translation(
+        src = TranslatedSource(self.source, self._translated_dir(stage.k))
+        tgt: Dataset = (
+            self.target if stage.i == 0 else PseudoLabeledTarget(self.target, self._pseudo_dir(stage.k, stage.i))
+        )
+        init_from = self._previous_m(stage) if c.warm_start else "init"
+        steps = c.seg_steps if stage.i == 0 else c.seg_steps_st
+        return self._measure(stage, self._train_segmenter(stage, src, tgt, init_from, steps))
+
+    def _run_translation(self, stage: Stage) -> dict[str, Any]:
+        """F⁽ᵏ⁾ with Eq. 5.2; the perceptual loss uses the latest M (frozen) for k > 1 (optionally for k = 1)."""
+        c = self.config
+        use_per = stage.k > 1 or c.perceptual_first_round
+        train_translation(
             self.source,
             self.target,
             c.translation,
@@ -484,29 +659,28 @@ class BDLPipeline:
             batch_size=c.translation_batch,
             checkpointer=self._checkpointer(stage),
             crop=c.translation_crop,
-            perceptual_model=None if perceptual_from is None else self._segmenter_from(perceptual_from),
+            perceptual_model=self._segmenter_from(self._previous_m(stage)) if use_per else None,
             ckpt_every=c.ckpt_every,
             seed=self._stage_seed(stage),
             device=self.device,
             log=self.log,
             name=stage.name,
-            step_hook=None if self.step_hook is None else (lambda step: self._hook(stage, step)),
+            step_hook=self._hook(stage),
         )
+        return {}
 
     @torch.no_grad()
-    def _translate(self, stage: Stage) -> Path:
-        """S' = F⁽ᵏ⁾(S) as PNGs in ``translated/k{k}`` (written under a temporary name, then renamed)."""
-        out = self.run_dir / "translated" / f"k{stage.k}"
-        if out.is_dir():  # finished before the manifest was updated
-            return out
+    def _run_translate(self, stage: Stage) -> dict[str, Any]:
+        """S' = F⁽ᵏ⁾(S) as PNGs in ``translated/k{k}`` (written into a temporary directory, then renamed)."""
         from dyncore.training import load_state_dict_strict
 
+        out = self._translated_dir(stage.k)
+        if out.is_dir():  # finished before the manifest was updated
+            return {}
         cyc = CycleGAN(self.config.translation)
-        load_state_dict_strict(cyc, self._checkpointer(Stage(f"F{stage.k}", "translation")).load()["model"])
+        load_state_dict_strict(cyc, self._checkpointer(f"F{stage.k}").load()["model"])
         g = cyc.g_st.to(self.device).eval()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent))
-        try:
+        with atomic_directory(out, overwrite=False) as tmp:
             n = len(self.source)  # type: ignore[arg-type]
             for start in range(0, n, self.config.eval_batch):
                 idx = list(range(start, min(start + self.config.eval_batch, n)))
@@ -514,11 +688,30 @@ class BDLPipeline:
                 y = denormalize_image(g(x).cpu())
                 for j, i in enumerate(idx):
                     Image.fromarray(y[j].permute(1, 2, 0).numpy()).save(tmp / f"{i:06d}.png")
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return out
+        return {}
+
+    def _run_pseudo(self, stage: Stage) -> dict[str, Any]:
+        """T_st, Ŷ_T from the previous M (max probability threshold), in ``pseudo/k{k}_i{i}``."""
+        c = self.config
+        folder = self._pseudo_dir(stage.k, stage.i)
+        if not folder.is_dir():  # else: finished before the manifest was updated
+            res = generate_pseudo_labels(
+                self._segmenter_from(self._previous_m(stage)),
+                self.target,
+                folder,
+                mode=c.pseudo_mode,  # type: ignore[arg-type]
+                threshold=c.pseudo_threshold,
+                batch_size=c.eval_batch,
+                device=self.device,
+                num_classes=c.num_classes,
+            )
+            plot_confidence_curve(
+                res.histogram,
+                self.run_dir / "plots" / f"confidence_{stage.name}.png",
+                title=f"pseudo labels {stage.name}",
+            )
+        meta = json.loads((folder / "pseudo_labels.json").read_text())
+        return {"pixel_ratio": meta["pixel_ratio"], "thresholds": meta["thresholds"]}
 
     def _measure(self, stage: Stage, model: nn.Module) -> dict[str, Any]:
         """mIoU on ``val`` and the selected-pixel ratio on ``target`` at the threshold (streamed histogram)."""
@@ -542,97 +735,49 @@ class BDLPipeline:
         plot_confidence_curve(hist, plots / f"confidence_{stage.name}.png", title=stage.label)
         return {"label": stage.label, **scores.as_dict(), "pixel_ratio": ratio}
 
-    # ------------------------------------------------------------------------------------------------------ run
-    def run(self) -> list[dict[str, Any]]:
-        """Run (or resume) every stage; returns the per-stage rows (label, mIoU-19/16/13, IoUs, pixel ratio)."""
-        from dyncore.training import seed_everything
-
-        c = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        init = self._new_segmenter()
-        if self._run_ckpt.exists("init.pt"):
-            self._run_ckpt.resume(model=init, name="init.pt")  # raises ConfigMismatchError for another config
+    def _log_stage(self, stage: Stage, metrics: dict[str, Any], seconds: float) -> None:
+        if stage.kind in _MODEL_KINDS:
+            self.log(
+                f"  {stage.label:<22} mIoU-19 {metrics['miou19']:5.1f}  pixel ratio "
+                f"{metrics['pixel_ratio'] * 100:5.1f}%  ({seconds:.1f}s)"
+            )
         else:
-            seed_everything(c.seed)
-            init = self._new_segmenter()
-            if c.weights_path is not None:
-                from bdl.models import load_pretrained
+            self.log(f"  {stage.name:<22} done ({seconds:.1f}s)")
 
-                load_pretrained(init, c.weights_path)
-            self._run_ckpt.save(0, model=init, name="init.pt")
+    # ------------------------------------------------------------------------------------------------------ run
+    def run(self, *, on_start: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+        """Run (or resume) every stage; returns the per-stage rows (label, mIoU-19/16/13, IoUs, pixel ratio).
+
+        ``on_start`` is called once the resume check has passed (e.g. to write the CLI's ``config.json``: a refused
+        resume must leave the directory as it was). Temporaries of writes a killed run left behind are removed first.
+        """
+        from dyncore.training import save_checkpoint
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_tmp(self.run_dir)
+        self._initial_model()
+        if on_start is not None:
+            on_start()
         manifest = self._load_manifest()
-        latest_m = "init"
-        translated: Path | None = None
-        pseudo_dir: Path | None = None
         rows: list[dict[str, Any]] = []
         for stage in self.stages:
             info = manifest["stages"].get(stage.name)
-            done = info is not None and info.get("status") == "done"
-            t0 = time.time()
-            metrics: dict[str, Any] = {}
-            if stage.kind == "translate":
-                translated = self.run_dir / "translated" / f"k{stage.k}"
-                if not done:
-                    self._translate(stage)
-            elif stage.kind == "pseudo":
-                pseudo_dir = self.run_dir / "pseudo" / f"k{stage.k}_i{stage.i}"
-                if not done:
-                    if not pseudo_dir.is_dir():
-                        res = generate_pseudo_labels(
-                            self._segmenter_from(latest_m),
-                            self.target,
-                            pseudo_dir,
-                            mode=c.pseudo_mode,  # type: ignore[arg-type]
-                            threshold=c.pseudo_threshold,
-                            batch_size=c.eval_batch,
-                            device=self.device,
-                            num_classes=c.num_classes,
-                        )
-                        plot_confidence_curve(
-                            res.histogram,
-                            self.run_dir / "plots" / f"confidence_{stage.name}.png",
-                            title=f"pseudo labels {stage.name}",
-                        )
-                    meta = json.loads((pseudo_dir / "pseudo_labels.json").read_text())
-                    metrics = {"pixel_ratio": meta["pixel_ratio"], "thresholds": meta["thresholds"]}
-            elif stage.kind == "translation":
-                if not done:
-                    use_per = stage.k > 1 or c.perceptual_first_round
-                    self._train_translation(stage, latest_m if use_per else None)
-            else:  # source_only / adapt
-                if not done:
-                    if stage.kind == "source_only":
-                        model = self._train_segmenter(stage, self.source, None, "init", c.source_only_steps)
-                    else:
-                        assert translated is not None
-                        src = TranslatedSource(self.source, translated)
-                        tgt: Dataset = self.target if stage.i == 0 else PseudoLabeledTarget(self.target, pseudo_dir)  # type: ignore[arg-type]
-                        init_from = latest_m if c.warm_start else "init"
-                        steps = c.seg_steps if stage.i == 0 else c.seg_steps_st
-                        model = self._train_segmenter(stage, src, tgt, init_from, steps)
-                    metrics = self._measure(stage, model)
-                latest_m = stage.name
-            if not done:
+            if info is None or info.get("status") != "done":
+                t0 = time.time()
+                metrics = self.handlers[stage.kind](stage)
                 manifest["stages"][stage.name] = {
                     "status": "done",
                     "seconds": round(time.time() - t0, 2),
                     "metrics": metrics,
                 }
                 self._save_manifest(manifest)
-                if stage.kind in ("source_only", "adapt"):
-                    self.log(
-                        f"  {stage.label:<22} mIoU-19 {metrics['miou19']:5.1f}  pixel ratio "
-                        f"{metrics['pixel_ratio'] * 100:5.1f}%  ({time.time() - t0:.1f}s)"
-                    )
-                else:
-                    self.log(f"  {stage.name:<22} done ({time.time() - t0:.1f}s)")
-            if stage.kind in ("source_only", "adapt"):
+                self._log_stage(stage, metrics, time.time() - t0)
+            if stage.kind in _MODEL_KINDS:
                 rows.append({"stage": stage.name, **manifest["stages"][stage.name]["metrics"]})
-        final = self._segmenter_from(latest_m)
-        from dyncore.training import save_checkpoint
-
-        save_checkpoint(self.run_dir / "final_model.pt", {"model": final.state_dict(), "stage": latest_m})
-        (self.run_dir / "stage_table.md").write_text(stage_table(rows) + "\n")
+        last_m = next(s.name for s in reversed(self.stages) if s.kind in _MODEL_KINDS)
+        final = self._segmenter_from(last_m)
+        save_checkpoint(self.run_dir / "final_model.pt", {"model": final.state_dict(), "stage": last_m})
+        atomic_write_text(self.run_dir / "stage_table.md", stage_table(rows) + "\n")
         return rows
 
 

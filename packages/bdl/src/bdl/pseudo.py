@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from bdl.data.labels import IGNORE_INDEX
+from dyncore.io import atomic_directory
 
 Mode = Literal["global", "class_median"]
 MANIFEST = "pseudo_labels.json"
@@ -174,6 +173,11 @@ def generate_pseudo_labels(
     then labels). The folder is written under a temporary name and renamed when complete; an existing ``folder`` is
     never overwritten (FileExistsError).
     """
+    from bdl.checks import check_choice, check_number
+
+    check_choice(mode, "mode", "--mode", ("global", "class_median"))
+    check_number(threshold, "threshold", "--threshold", low=0, high=1, low_open=True, high_open=True)
+    check_number(batch_size, "batch_size", "--batch-size", low=1, integer=True)
     out = Path(folder)
     if out.exists():
         raise FileExistsError(f"pseudo-label folder {out} already exists; refusing to overwrite it")
@@ -187,9 +191,7 @@ def generate_pseudo_labels(
             if hist is None:
                 hist = ConfidenceHistogram(c or prob.shape[1], bins)
             hist.update(prob)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_directory(out, overwrite=False) as tmp:  # renamed to `out` only when complete
         thresholds: torch.Tensor | None = None
         selected = torch.zeros(0, dtype=torch.int64)
         predicted = torch.zeros(0, dtype=torch.int64)
@@ -237,10 +239,6 @@ def generate_pseudo_labels(
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest))
         torch.save(hist.counts, tmp / "confidence_histogram.pt")
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return result
 
 

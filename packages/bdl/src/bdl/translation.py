@@ -218,6 +218,34 @@ class CycleGANConfig:
     lr: float = 2e-4
     beta1: float = 0.5
 
+    def __post_init__(self) -> None:
+        from bdl.checks import check_number
+
+        for name in ("ngf", "ndf", "n_layers_d"):
+            check_number(getattr(self, name), name, f"--{name.replace('_', '-')}", low=1, integer=True)
+        check_number(self.n_blocks, "n_blocks", "--n-blocks", low=0, integer=True)
+        check_number(self.pool_size, "pool_size", None, low=0, integer=True)
+        for name in ("lambda_gan", "lambda_recon", "lambda_identity", "lambda_per", "lambda_per_recon"):
+            check_number(getattr(self, name), name, None, low=0)
+        check_number(self.lr, "lr", "--translation-lr", low=0, low_open=True)
+        check_number(self.beta1, "beta1", None, low=0, high=1, high_open=True)
+
+    @property
+    def min_size(self) -> int:
+        """Smallest image/crop side F accepts: a multiple of 4 (the generators' two stride-2 convs) for which the
+        PatchGAN still outputs at least one patch."""
+        side = 4
+        while not _patchgan_fits(side, self.n_layers_d):
+            side += 4
+        return side
+
+
+def _patchgan_fits(side: int, n_layers: int) -> bool:
+    """Whether a ``side``² image leaves a non-empty PatchGAN output (4×4, pad 1: stride 2 → ⌊s/2⌋, stride 1 → s−1)."""
+    for _ in range(n_layers):
+        side //= 2
+    return side - 2 >= 1
+
 
 class CycleGAN(nn.Module):
     """F (``g_st``: S → T), F⁻¹ (``g_ts``: T → S), D_T (``d_t``), D_S (``d_s``) and the two image pools.

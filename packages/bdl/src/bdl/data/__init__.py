@@ -12,7 +12,16 @@ from bdl.data.labels import (
     colorize,
     make_lut,
 )
-from bdl.data.real import DatasetError, LabeledImageFolder, cityscapes, gta5, synthia
+from bdl.data.real import (
+    DEFAULT_LONG_SIDE,
+    DatasetError,
+    LabeledImageFolder,
+    Resize,
+    cityscapes,
+    gta5,
+    resized_shape,
+    synthia,
+)
 from bdl.data.scenes import (
     REAL_LAYOUT,
     SYNTHETIC_LAYOUT,
@@ -32,6 +41,7 @@ __all__ = [
     "CITYSCAPES_PALETTE",
     "CLASSES_13",
     "CLASSES_16",
+    "DEFAULT_LONG_SIDE",
     "IGNORE_INDEX",
     "NUM_CLASSES",
     "REAL_LAYOUT",
@@ -40,6 +50,7 @@ __all__ = [
     "DatasetError",
     "LabeledImageFolder",
     "LayoutStyle",
+    "Resize",
     "SegmentationDataset",
     "StreetScenes",
     "cityscapes",
@@ -50,6 +61,7 @@ __all__ = [
     "gta5",
     "make_lut",
     "normalize_image",
+    "resized_shape",
     "street_scenes",
     "synthia",
 ]

@@ -51,13 +51,45 @@ def _read_label(path: Path) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+#: A resize: None (keep), L (long side L, aspect kept, short side rounded to a multiple of 8), or (H, W) exactly.
+Resize = int | tuple[int, int] | None
+
+#: Thesis preprocessing (Section 5.5.2): GTA5, SYNTHIA and Cityscapes images are resized to a long side of 1024,
+#: keeping their aspect ratio (Cityscapes 2048×1024 → 1024×512, GTA5 1914×1052 → 1024×560).
+DEFAULT_LONG_SIDE = 1024
+
+
+def resized_shape(height: int, width: int, resize: Resize) -> tuple[int, int]:
+    """The (H, W) an image of ``height``×``width`` gets under ``resize`` (see :data:`Resize`).
+
+    With a long side, the short side keeps the aspect ratio and is rounded to the nearest multiple of 8 (≥ 8) so that
+    the translation model (multiples of 4) and stride-8 segmenters take the image as is.
+    """
+    if resize is None:
+        return height, width
+    if isinstance(resize, int):
+        if resize < 8:
+            raise ValueError(f"long-side resize must be at least 8 pixels, got {resize}")
+        scale = resize / max(height, width)
+        short = max(8, round(min(height, width) * scale / 8) * 8)
+        return (resize, short) if height >= width else (short, resize)
+    h, w = resize
+    if h < 1 or w < 1:
+        raise ValueError(f"resize size must be positive, got {resize}")
+    return int(h), int(w)
+
+
 class LabeledImageFolder(SegmentationDataset):
     """(image, label) pairs from explicit file lists with a label-id → train-id look-up table.
 
     Args:
         pairs: (image path, label path) pairs.
         lut: 65536-entry table (see :func:`bdl.data.labels.make_lut`); entries -1 are unknown ids → error.
-        size: optional (H, W) to resize to (image bilinear, label nearest), as the released code resizes.
+        size: resize (:data:`Resize`): None keeps the files' size; an int L resizes every image to a long side of L
+            keeping its aspect ratio (the thesis: 1024); (H, W) resizes to exactly that (image bilinear, label
+            nearest).
+        full_res_labels: return labels at the label file's own resolution (for evaluation: predictions are
+            upsampled to it, the released protocol) instead of resizing them with the image.
         names: stable identifiers (default: image paths relative to ``root``).
     """
 
@@ -66,14 +98,27 @@ class LabeledImageFolder(SegmentationDataset):
         pairs: list[tuple[Path, Path]],
         lut: np.ndarray,
         *,
-        size: tuple[int, int] | None = None,
+        size: Resize = None,
         root: Path | None = None,
         dataset: str = "dataset",
+        full_res_labels: bool = False,
     ) -> None:
         if not pairs:
             raise DatasetError(f"{dataset}: no images found under {root}")
-        self.pairs, self.lut, self.size, self.root, self.dataset = pairs, lut, size, root, dataset
+        if size is not None:
+            resized_shape(8, 8, size)  # validates the spec
+        self.pairs, self.lut, self.root, self.dataset = pairs, lut, root, dataset
+        self.resize: Resize = size
+        self.full_res_labels = full_res_labels
+        #: a fixed (H, W) of every item when one is known up front (an exact resize), else None
+        self.size: tuple[int, int] | None = tuple(size) if isinstance(size, tuple | list) else None  # type: ignore[assignment]
         self.names = [str(p.relative_to(root)) if root is not None else str(p) for p, _ in pairs]
+
+    def image_size(self, index: int = 0) -> tuple[int, int]:
+        """(H, W) of item ``index``'s image after the resize (reads only the file header)."""
+        with Image.open(self.pairs[index][0]) as im:
+            w, h = im.size
+        return resized_shape(h, w, self.resize)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -102,9 +147,11 @@ class LabeledImageFolder(SegmentationDataset):
             )
         x = normalize_image(torch.from_numpy(image.copy()).permute(2, 0, 1))
         y = torch.from_numpy(label).long()
-        if self.size is not None and tuple(x.shape[-2:]) != tuple(self.size):
-            x = F.interpolate(x[None], size=self.size, mode="bilinear", align_corners=False)[0]
-            y = F.interpolate(y[None, None].float(), size=self.size, mode="nearest")[0, 0].long()
+        size = resized_shape(image.shape[0], image.shape[1], self.resize)
+        if size != tuple(x.shape[-2:]):
+            x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+            if not self.full_res_labels:
+                y = F.interpolate(y[None, None].float(), size=size, mode="nearest")[0, 0].long()
         return x, y
 
 
@@ -132,34 +179,46 @@ def _pair_by_stem(images: list[Path], label_dir: Path, dataset: str) -> list[tup
     return pairs
 
 
-def gta5(root: str | os.PathLike[str], *, size: tuple[int, int] | None = None) -> LabeledImageFolder:
-    """GTA5 (``images/``, ``labels/`` with Cityscapes label ids). Released preprocessing: size=(720, 1280)."""
+def gta5(root: str | os.PathLike[str], *, size: Resize = None, full_res_labels: bool = False) -> LabeledImageFolder:
+    """GTA5 (``images/``, ``labels/`` with Cityscapes label ids). Thesis: size=1024 (long side); released code:
+    size=(720, 1280). ``size``/``full_res_labels``: see :class:`LabeledImageFolder`."""
     r = _check_dir(Path(root), "GTA5 root")
     images = _images_in(_check_dir(r / "images", "GTA5"))
     if not images:
         raise DatasetError(f"GTA5: no images in {r / 'images'}")
     pairs = _pair_by_stem(images, _check_dir(r / "labels", "GTA5"), "GTA5")
     return LabeledImageFolder(
-        pairs, make_lut(CITYSCAPES_ID_TO_TRAINID, CITYSCAPES_MAX_ID), size=size, root=r, dataset="GTA5"
+        pairs,
+        make_lut(CITYSCAPES_ID_TO_TRAINID, CITYSCAPES_MAX_ID),
+        size=size,
+        root=r,
+        dataset="GTA5",
+        full_res_labels=full_res_labels,
     )
 
 
-def synthia(root: str | os.PathLike[str], *, size: tuple[int, int] | None = None) -> LabeledImageFolder:
-    """SYNTHIA-RAND-CITYSCAPES (``RGB/``, ``GT/LABELS/``). Released preprocessing: size=(760, 1280)."""
+def synthia(root: str | os.PathLike[str], *, size: Resize = None, full_res_labels: bool = False) -> LabeledImageFolder:
+    """SYNTHIA-RAND-CITYSCAPES (``RGB/``, ``GT/LABELS/``). Thesis: size=1024 (long side); released: (760, 1280)."""
     r = _check_dir(Path(root), "SYNTHIA root")
     images = _images_in(_check_dir(r / "RGB", "SYNTHIA"))
     if not images:
         raise DatasetError(f"SYNTHIA: no images in {r / 'RGB'}")
     pairs = _pair_by_stem(images, _check_dir(r / "GT" / "LABELS", "SYNTHIA"), "SYNTHIA")
     return LabeledImageFolder(
-        pairs, make_lut(SYNTHIA_ID_TO_TRAINID, SYNTHIA_MAX_ID), size=size, root=r, dataset="SYNTHIA"
+        pairs,
+        make_lut(SYNTHIA_ID_TO_TRAINID, SYNTHIA_MAX_ID),
+        size=size,
+        root=r,
+        dataset="SYNTHIA",
+        full_res_labels=full_res_labels,
     )
 
 
 def cityscapes(
-    root: str | os.PathLike[str], split: str = "val", *, size: tuple[int, int] | None = None
+    root: str | os.PathLike[str], split: str = "val", *, size: Resize = None, full_res_labels: bool = False
 ) -> LabeledImageFolder:
-    """Cityscapes ``leftImg8bit/<split>`` with ``gtFine/<split>/*_gtFine_labelIds.png``. Released: size=(512, 1024)."""
+    """Cityscapes ``leftImg8bit/<split>`` with ``gtFine/<split>/*_gtFine_labelIds.png``. Thesis and released:
+    size=1024 (long side: 1024×512), scored with ``full_res_labels=True`` (2048×1024)."""
     r = _check_dir(Path(root), "Cityscapes root")
     img_dir = _check_dir(r / "leftImg8bit" / split, f"Cityscapes split {split!r}")
     gt_dir = _check_dir(r / "gtFine" / split, f"Cityscapes split {split!r}")
@@ -174,5 +233,10 @@ def cityscapes(
             raise DatasetError(f"Cityscapes: image {ip} has no label file {lp}")
         pairs.append((ip, lp))
     return LabeledImageFolder(
-        pairs, make_lut(CITYSCAPES_ID_TO_TRAINID, CITYSCAPES_MAX_ID), size=size, root=r, dataset="Cityscapes"
+        pairs,
+        make_lut(CITYSCAPES_ID_TO_TRAINID, CITYSCAPES_MAX_ID),
+        size=size,
+        root=r,
+        dataset="Cityscapes",
+        full_res_labels=full_res_labels,
     )

@@ -65,15 +65,16 @@ def _fcn8s(*, num_classes: int, encoder: str, in_channels: int, **kw: Any) -> nn
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict in ``path`` (dyncore.models.read_state_dict: weights only; a file that is not a checkpoint is a
+    CheckpointError naming it); non-finite weights are refused (NonFiniteError naming the tensor and the file)."""
+    from dyncore.models import read_state_dict
+    from dyncore.training import check_finite_state
+
     if not path.is_file():
         raise FileNotFoundError(f"weights_path {path} does not exist")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-    if not isinstance(obj, dict):
-        raise ValueError(f"weights_path {path} does not hold a state dict")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    state = read_state_dict(path)
+    check_finite_state(state, source=str(path))
+    return state
 
 
 def load_pretrained(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
@@ -122,6 +123,40 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module
     return model
 
 
+def known_encoders() -> list[str]:
+    """smp encoder names usable here (including ones registered by ``--register``); any ``tu-<timm model>`` too."""
+    return sorted(smp.encoders.encoders)
+
+
+def check_encoder(encoder: str) -> None:
+    """UsageError naming ``--encoder`` and listing the known names when smp cannot build ``encoder``."""
+    from dyncore.cli import UsageError
+
+    if encoder.startswith("tu-"):
+        import timm
+
+        if not timm.is_model(encoder[3:].split(".")[0]):
+            raise UsageError(f"--encoder {encoder!r}: timm has no model {encoder[3:]!r} (see timm.list_models())")
+        return
+    if encoder in smp.encoders.encoders:
+        return
+    raise UsageError(
+        f"--encoder {encoder!r} is not a known encoder; known: {', '.join(known_encoders())}, or tu-<any timm "
+        "model>; encoders of other packages need --register MODULE:FUNCTION first (e.g. "
+        "micronet.segmentation:register_smp_encoders)"
+    )
+
+
+def input_requirements(model: nn.Module) -> tuple[int, bool]:
+    """(stride, divisible): images need sides ≥ stride, and multiples of it when ``divisible`` (smp checks that in
+    forward). From the model's ``input_stride`` or its smp encoder's ``output_stride``."""
+    stride = getattr(model, "input_stride", None)
+    if stride is None:
+        encoder = getattr(model, "encoder", None)
+        stride = getattr(encoder, "output_stride", 1) if encoder is not None else 1
+    return int(stride), bool(getattr(model, "requires_divisible_input_shape", False))
+
+
 def build_segmenter(
     name: str = "deeplabv2",
     *,
@@ -148,6 +183,8 @@ def build_segmenter(
         raise ValueError(f"unknown segmenter {name!r}; choose from {list_segmenters()}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
+    if name != "fcn8s":  # FCN-8s is VGG16 by construction (its builder checks the name)
+        check_encoder(encoder)
     model = _BUILDERS[name](num_classes=num_classes, encoder=encoder, in_channels=in_channels, **kwargs)
     model.num_classes = num_classes  # type: ignore[assignment]
     model.segmenter_name = name  # type: ignore[assignment]

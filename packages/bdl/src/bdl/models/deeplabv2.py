@@ -39,12 +39,21 @@ class DeepLabV2(nn.Module):
     forward: (B, 3, H, W) → logits (B, num_classes, H, W) (bilinear upsampling of the stride-8 scores).
     """
 
+    backbone_prefixes = ("encoder.",)
+    default_head_lr_mult = 10.0  # released DeepLab-V2: the ASPP classifier at 10× the backbone lr
+    requires_divisible_input_shape = False  # the scores are interpolated back to any input size
+
     def __init__(self, encoder: nn.Module, num_classes: int, *, rates: tuple[int, ...] = (6, 12, 18, 24)) -> None:
         super().__init__()
         self.encoder = encoder
         self.num_classes = num_classes
         out_channels: list[int] = list(encoder.out_channels)  # type: ignore[arg-type]  # smp encoder attribute
         self.classifier = ASPPSum(out_channels[-1], num_classes, rates=rates)
+
+    @property
+    def input_stride(self) -> int:
+        """The encoder's output stride (8): smaller inputs leave no feature map."""
+        return int(getattr(self.encoder, "output_stride", 8))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.encoder(x)

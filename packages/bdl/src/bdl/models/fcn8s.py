@@ -22,6 +22,14 @@ class FCN8s(nn.Module):
         fc_channels: width of fc6/fc7 (4096 in the paper; smaller for tests).
     """
 
+    #: ImageNet-initialised layers (the optimiser's backbone group): the VGG16 convolutions and fc6/fc7
+    backbone_prefixes = ("to_pool3.", "to_pool4.", "to_pool5.", "fc.")
+    #: the released FCN-8s optimiser has a single lr (no DeepLab ×10 head)
+    default_head_lr_mult = 1.0
+    #: pool5 is at 1/32: smaller inputs leave an empty feature map; any size ≥ 32 works (skips are interpolated)
+    input_stride = 32
+    requires_divisible_input_shape = False
+
     def __init__(self, num_classes: int, *, fc_channels: int = 4096) -> None:
         super().__init__()
         features = vgg16(weights=None).features
