@@ -51,7 +51,10 @@ def channel_shuffle(x: Tensor, groups: int) -> Tensor:
         raise ValueError(f"channel_shuffle: {x.shape[1]} channels cannot be split into {groups} groups")
     if groups == 1:
         return x
-    return x.unflatten(1, (groups, -1)).transpose(1, 2).flatten(1, 2)
+    if _symbolic(x):  # fx: no concrete shape to read; unflatten/flatten need none
+        return x.unflatten(1, (groups, -1)).transpose(1, 2).flatten(1, 2)
+    # reads the shape at run time, so the legacy ONNX exporter keeps the batch axis dynamic
+    return x.reshape(x.shape[0], groups, x.shape[1] // groups, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
 
 
 def check_rank(x: Tensor, ranks: tuple[int, ...], who: str) -> None:
