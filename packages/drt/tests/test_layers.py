@@ -99,12 +99,22 @@ def test_bad_configuration_errors() -> None:
         layer(torch.randn(2, 4, 5, 5), torch.randn(3, 4, 5, 5))
 
 
-def test_routing_coefficients_are_a_softmax_and_attention_a_sigmoid() -> None:
-    layer = DynamicResidualConv2d(8, 5, 3, padding=1, config=DynamicResidualConfig(kind="combination", num_bases=6))
-    coeffs = layer.dynamic_coefficients(torch.randn(4, 8, 6, 6))
+def test_routing_coefficients_are_a_softmax_and_attention_a_shifted_sigmoid() -> None:
+    cfg = DynamicResidualConfig(kind="combination", num_bases=6)
+    layer = DynamicResidualConv2d(8, 5, 3, padding=1, config=cfg)
+    ctx = torch.randn(4, 8, 6, 6)
+    coeffs = layer.dynamic_coefficients(ctx)
     assert coeffs["routing"].shape == (4, 6) and coeffs["attention"].shape == (4, 5)
     torch.testing.assert_close(coeffs["routing"].sum(1), torch.ones(4))
-    assert bool(((coeffs["attention"] > 0) & (coeffs["attention"] < 1)).all())
+    assert torch.equal(coeffs["attention"], torch.zeros(4, 5))  # zero-initialised head: Λ = 0, scale 1 exactly
+    # a trained head: Λ = 2σ(z) − 1 ∈ (−1, 1), i.e. the scale 1 + Λ of W0 lies in (0, 2)
+    trained = DynamicResidualConv2d(
+        8, 5, 3, padding=1, config=DynamicResidualConfig(kind="combination", zero_init=False)
+    )
+    lam = trained.dynamic_coefficients(ctx)["attention"]
+    z = trained.coefficients(ctx)["attention"]  # type: ignore[index]
+    torch.testing.assert_close(lam, 2 * torch.sigmoid(z) - 1)
+    assert bool(((lam > -1) & (lam < 1)).all()) and bool((lam != 0).all())
     # released branch: Linear(C → max(C // 16, 4), no bias) → ReLU → Linear(→ K, no bias)
     assert layer.coefficients.fc is not None and layer.coefficients.fc.bias is None
     assert layer.coefficients.fc.out_features == 4

@@ -121,3 +121,70 @@ def test_gradients_reach_every_trainable_parameter() -> None:
     (out["F1"].logsumexp(1).sum() + out["F2"].logsumexp(1).sum()).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
     assert missing == []
+
+
+def _calibrated_resnet50() -> torch.nn.Module:
+    """A torchvision ResNet-50 (no weights) with BN statistics calibrated on random images: well-scaled outputs."""
+    from dyncore.export import calibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = resnet50(weights=None)
+    calibrate_batchnorm(model, [torch.randn(4, 3, 64, 64) for _ in range(3)])
+    return model.eval()
+
+
+#: the application form under which each kind's init output is bit-equal to the static conv: the GEMM form adds an
+#: exact zero (Σ π_k·0) to W0 ∗ x, the feature-wise form multiplies W0 ∗ x by an exact 1 (2σ(0) = 1).
+EXACT_MODE = {"routing": "gemm", "attention": "featurewise", "combination": "gemm"}
+
+
+@pytest.mark.parametrize("kind", ["routing", "attention", "combination"])
+def test_converted_calibrated_resnet50_starts_at_the_static_network(kind: str) -> None:
+    """Issue 14 item 2: at init ΔW = 0 and the attention scale is 1 exactly, for all three kinds."""
+    import copy
+
+    from drt.layers import dynamic_residual_layers, set_apply_mode
+    from dyncore.export import relative_error
+
+    static = _calibrated_resnet50()
+    dynamic = copy.deepcopy(static)
+    convert_resnet(dynamic, DynamicResidualConfig(kind=kind))
+    dynamic.eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))  # not a calibration batch
+    with torch.no_grad():
+        ref = static(x)
+        assert float(ref.abs().max()) > 0.1  # well scaled: a relative check means something
+        for _, layer in dynamic_residual_layers(dynamic):
+            pi = layer.dynamic_coefficients(torch.randn(2, layer.context_channels, 4, 4))
+            if "attention" in pi:
+                assert torch.equal(pi["attention"], torch.zeros_like(pi["attention"]))  # Λ = 0 exactly
+        out = dynamic(x)  # the default form (GEMM where it applies; else per-sample synthesis)
+        assert relative_error(out, ref) < 1e-5
+        set_apply_mode(dynamic, "synthesis")
+        assert relative_error(dynamic(x), ref) < 1e-5
+        set_apply_mode(dynamic, EXACT_MODE[kind])
+        assert torch.equal(dynamic(x), ref)
+
+
+@pytest.mark.parametrize("kind", ["routing", "attention", "combination"])
+def test_a_perturbed_residual_fails_the_static_start_check(kind: str) -> None:
+    """Twin of the test above: a non-zero Φ (routing) or attention head (Λ ≠ 0) in ONE block is detected."""
+    import copy
+
+    from drt.layers import dynamic_residual_layers
+    from dyncore.export import relative_error
+
+    static = _calibrated_resnet50()
+    dynamic = copy.deepcopy(static)
+    convert_resnet(dynamic, DynamicResidualConfig(kind=kind))
+    _, layer = next(iter(dynamic_residual_layers(dynamic)))
+    with torch.no_grad():
+        if kind == "attention":
+            layer.coefficients.heads["attention"].weight.normal_(0.0, 0.5)
+        else:
+            assert layer.bases is not None
+            layer.bases.normal_(0.0, 0.05)
+    dynamic.eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert relative_error(dynamic(x), static(x)) > 1e-3

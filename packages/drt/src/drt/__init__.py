@@ -13,6 +13,7 @@ torch.Size([2, 10])
 
 from __future__ import annotations
 
+from drt.defaults import BACKBONE_DEFAULTS, BackboneDefaults
 from drt.layers import (
     DynamicResidualConfig,
     DynamicResidualConv2d,
@@ -46,10 +47,12 @@ from drt.models import (
     resnet_backbone,
 )
 from drt.train import (
+    CollapseCheck,
     DATask,
     DomainMismatchError,
     TrainConfig,
     TrainResult,
+    collapse_report,
     digits5_task,
     domainnet_task,
     evaluate,
@@ -62,9 +65,12 @@ from drt.train import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "BACKBONE_DEFAULTS",
     "AdversarialDiscriminativeLoss",
+    "BackboneDefaults",
     "ClassBalanceLoss",
     "ClassifierHead",
+    "CollapseCheck",
     "DATask",
     "DigitFiveCNN",
     "DomainAdaptationNet",
@@ -83,6 +89,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "classifier_discrepancy",
+    "collapse_report",
     "convert_resnet",
     "digit_cnn",
     "digits5_task",

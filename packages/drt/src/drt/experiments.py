@@ -3,9 +3,9 @@
 Demo: leave-one-domain-out on the embedded Digits-5 for several target domains; static twin vs DRT for source-only
 and MCD, plus DRT+ST; several seeds → mean ± std of the ensemble accuracy; a t-SNE of the routing coefficients.
 To fit a 2-core CPU budget the digit CNN runs at a reduced width (``DemoConfig.width``, default 0.25 of the M3SDA
-widths) for a few hundred steps, and the MCD weights are the classic ones (η = 1, GRL 1) — the released η = 50 /
-GRL 4.0 (tuned for a pretrained ResNet-101) collapses a from-scratch CNN in this short schedule. Runs are spread over
-``workers`` processes (1 thread each).
+widths) for a few hundred steps, with the digit CNN's defaults of :data:`drt.defaults.BACKBONE_DEFAULTS` (lr, batch
+size and the classic MCD weights η = 1, GRL 1 — the released η = 50 / GRL 4.0, tuned for a pretrained ResNet-101,
+collapse a from-scratch CNN in this short schedule). Runs are spread over ``workers`` processes (1 thread each).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from drt.defaults import BACKBONE_DEFAULTS
 from drt.layers import DynamicResidualConfig, residual_madds_breakdown
 from drt.losses import MCDConfig
 from drt.models import DomainAdaptationNet, digit_cnn, drt_resnet50, drt_resnet101
@@ -38,6 +39,11 @@ ROWS = ("Source only (static)", "Source only + DRT", "MCD (static)", "MCD + DRT 
 PAPER_TABLE_6_3 = {"Source only (static)": 77.71, "MCD (static)": 86.10, "MCD + DRT (DRT)": 91.86}
 
 
+def _digit_mcd() -> MCDConfig:
+    d = BACKBONE_DEFAULTS["digit_cnn"]
+    return MCDConfig(grl_coeff=d.grl_coeff, eta=d.eta, gamma=d.gamma, label_smoothing=d.label_smoothing)
+
+
 @dataclass
 class DemoConfig:
     """Settings of ``drt demo`` (``quick()`` for the ~30 s smoke version of the same code path)."""
@@ -47,13 +53,13 @@ class DemoConfig:
     width: float = 0.25
     steps: int = 300
     st_steps: int = 150
-    batch_size: int = 32
-    lr: float = 0.01
+    batch_size: int = BACKBONE_DEFAULTS["digit_cnn"].batch_size
+    lr: float = BACKBONE_DEFAULTS["digit_cnn"].lr
     eval_every: int = 100
     limit: int | None = None
     workers: int = 2
     tsne_per_domain: int = 150
-    mcd: MCDConfig = field(default_factory=lambda: MCDConfig(grl_coeff=1.0, eta=1.0, gamma=0.01, label_smoothing=0.01))
+    mcd: MCDConfig = field(default_factory=_digit_mcd)
 
     @classmethod
     def quick(cls) -> DemoConfig:

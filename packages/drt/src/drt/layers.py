@@ -2,9 +2,15 @@
 
 A static convolution W0 gets an input-dependent residual, W(x) = W0 + ΔW(x) (Eq. 6.2), with ΔW one of
 
-* ``"attention"``   — channel attention, ΔW = Λ(x)·W0 with Λ diagonal (C_out), sigmoid-normalised (Eq. 6.3);
+* ``"attention"``   — channel attention, ΔW = Λ(x)·W0 with Λ diagonal (C_out), sigmoid-normalised (Eq. 6.3):
+  Λ = 2·σ(z) − 1 ∈ (−1, 1), so W = 2·σ(z)·W0 scales each output channel of W0 by a factor in (0, 2) and the
+  zero-initialised head (z = 0) gives Λ = 0 exactly;
 * ``"routing"``     — subspace routing, ΔW = Σ_{k=1..K} π_k(x)·Φ_k, π = softmax over K bases (Eq. 6.4);
 * ``"combination"`` — ΔW = Λ(x)·W0 + Σ_k π_k(x)·Φ_k (Eq. 6.5).
+
+At initialisation (``zero_init``, the default) ΔW = 0 exactly for every kind — Φ_k = 0 and the attention head's
+weights are 0, so Λ = 0 and the scale 1 + Λ = 1 — and a converted network computes its static twin (up to the float
+rounding of the per-sample kernel path).
 
 The released form (and our default) uses K = 4 bases Φ_k that are 1×1 kernels (p → p, same stride, no bias) on the
 3×3 conv of every ResNet bottleneck — a 3×3 kernel that only touches its centre tap — with the coefficients computed
@@ -63,7 +69,9 @@ class DynamicResidualConfig:
         basis_kernel_size: spatial size of each Φ_k; 1 is the released form (centre tap of a k×k W0).
         reduction: hidden width of the coefficient branch is C_context // reduction (16 in the released code) ...
         min_hidden: ... but never below this (a 3-channel image input would otherwise give 0).
-        zero_init: Φ_k start at zero, so a converted model computes exactly its static twin at initialisation.
+        zero_init: Φ_k and the attention head's weights start at zero, so ΔW = 0 (Λ = 0, scale 1 exactly) and a
+            converted model computes its static twin at initialisation (``False``: Kaiming-uniform Φ_k and PyTorch's
+            Linear init for the attention head, for tests that need a non-trivial residual).
         apply: ``"synthesis"``, ``"featurewise"``, ``"gemm"`` (W0 as the plain conv, ΔW(x) synthesised per sample
             and applied as one batched GEMM; 1×1 bases on an ungrouped conv) or ``"auto"`` (``"gemm"`` where it
             applies — the fastest on CPU at batch 1 and 32 — else synthesis for batches ≤ ``synthesis_max_batch``
@@ -152,7 +160,8 @@ class DynamicResidualConv2d(nn.Conv2d):
         if config.uses_routing:
             heads["routing"], maps["routing"] = config.num_bases, "softmax"
         if config.uses_attention:
-            heads["attention"], maps["attention"] = out_channels, "sigmoid"
+            # raw z; Λ = 2σ(z) − 1 in dynamic_coefficients (a sigmoid shifted so that z = 0 ⇒ Λ = 0 exactly)
+            heads["attention"], maps["attention"] = out_channels, "raw"
         # Released routing branch: GAP → Linear(C → C/16, no bias) → ReLU → Linear(→ K, no bias) → softmax.
         self.coefficients = CoefficientBranch(
             self.context_channels, heads, hidden=hidden, hidden_activation="relu", output=maps, bias=False
@@ -195,12 +204,16 @@ class DynamicResidualConv2d(nn.Conv2d):
         return layer
 
     def reset_residual(self) -> None:
-        """Φ_k = 0 (``zero_init``) or Kaiming-uniform like a conv; the branch keeps PyTorch's Linear init."""
-        if self.bases is None:
-            return
+        """``zero_init``: Φ_k = 0 and the attention head's weights = 0 (ΔW = 0: the static conv exactly); otherwise
+        Φ_k Kaiming-uniform like a conv. The hidden FC and the routing head keep PyTorch's Linear init (the routing
+        softmax is harmless: it multiplies Φ_k = 0)."""
+        attention = self.coefficients.heads["attention"] if self.config.uses_attention else None
         if self.config.zero_init:
-            nn.init.zeros_(self.bases)
-        else:
+            if self.bases is not None:
+                nn.init.zeros_(self.bases)
+            if attention is not None:
+                nn.init.zeros_(attention.weight)
+        elif self.bases is not None:
             for k in range(self.bases.shape[0]):
                 nn.init.kaiming_uniform_(self.bases[k], a=5**0.5)
 
@@ -256,9 +269,12 @@ class DynamicResidualConv2d(nn.Conv2d):
         return y if self.bias is None else y + self.bias[None, :, None, None]
 
     def dynamic_coefficients(self, context: Tensor) -> dict[str, Tensor]:
-        """π (B, K) under "routing" and Λ (B, C_out) under "attention" from the context tensor."""
+        """π (B, K) under "routing" (softmax) and Λ = 2σ(z) − 1 (B, C_out) under "attention" from the context
+        tensor (Λ ∈ (−1, 1); exactly 0 where z = 0, e.g. at the zero initialisation)."""
         out = self.coefficients(context)
         assert isinstance(out, dict)
+        if "attention" in out:
+            out["attention"] = 2.0 * torch.sigmoid(out["attention"]) - 1.0
         return out
 
     def forward(  # type: ignore[override]

@@ -26,6 +26,7 @@ from drt.layers import DynamicResidualConfig, DynamicResidualConv2d
 from dyncore.surgery import SurgeryReport, by_type, replace_modules
 
 __all__ = [
+    "RESNET_STRIDE",
     "ClassifierHead",
     "DigitCNNConfig",
     "DigitFiveCNN",
@@ -96,9 +97,20 @@ class DigitFiveCNN(nn.Module):
         self.fc2, self.bn_fc2 = nn.Linear(f1, f2), nn.BatchNorm1d(f2)
         self.out_features = f2
 
+    def check_image_size(self, size: tuple[int, int]) -> None:
+        """Raise ValueError unless ``size`` (H, W) is the configured ``image_size`` square: fc1 reads
+        C3·(image_size/4)² features, so the net takes exactly one input size."""
+        s = self.config.image_size
+        if tuple(size) != (s, s):
+            raise ValueError(
+                f"DigitFiveCNN: images must be {s}×{s} (two stride-2 poolings, then fc1 reads {s // 4}×{s // 4} "
+                f"maps), got {size[0]}×{size[1]}"
+            )
+
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"DigitFiveCNN: expected images (B, 3, H, W), got {tuple(x.shape)}")
+        self.check_image_size((x.shape[2], x.shape[3]))
         x = self.pool(self.relu(self.bn1(self.conv1(x))))
         x = self.pool(self.relu(self.bn2(self.conv2(x))))
         x = self.relu(self.bn3(self.conv3(x))).flatten(1)
@@ -113,6 +125,9 @@ def digit_cnn(*, width: float = 1.0, dynamic: DynamicResidualConfig | None = Non
 
 # ----------------------------------------------------------------------------------------------------------------------
 # ResNet (DomainNet)
+
+#: total stride of a torchvision ResNet (stem ×4, stages ×8): the smallest image side it can take.
+RESNET_STRIDE = 32
 
 
 class DynamicResidualBottleneck(nn.Module):
@@ -313,6 +328,19 @@ class DomainAdaptationNet(nn.Module):
         self.num_classes = num_classes
         self.feature_dim = dim
         self.num_sources = num_sources
+
+    def check_image_size(self, size: tuple[int, int]) -> None:
+        """Raise ValueError when the backbone cannot take (H, W) images: the digit CNN takes its one size; a
+        ResNet needs at least its total stride (:data:`RESNET_STRIDE` = 32) per side — a smaller image leaves no
+        spatial position after the last stage."""
+        check = getattr(self.backbone, "check_image_size", None)
+        if callable(check):
+            check(size)
+        elif isinstance(self.backbone, ResNet) and min(size) < RESNET_STRIDE:
+            raise ValueError(
+                f"ResNet backbone: images must be at least {RESNET_STRIDE}×{RESNET_STRIDE} (its total stride), got "
+                f"{size[0]}×{size[1]}"
+            )
 
     def source_pairs(self) -> list[tuple[nn.Module, ...]]:
         """M³SDA-β: [(F1.classifiers[i], F2.classifiers[i], …)] for every source i."""

@@ -2,7 +2,7 @@
 Table 6.2, self-training (DRT+ST), evaluation of F1, F2 and the ensemble, checkpoint selection on held-out SOURCE data,
 and seed aggregation (mean ± std).
 
-Methods (``TrainConfig.method``):
+Methods (``TrainConfig.method``; each is one module of :mod:`drt.methods`, looked up in its registry):
 
 * ``source_only`` — CE on the pooled sources (both heads).
 * ``dann``        — CE + λ·DANN (gradient reversal + domain discriminator).
@@ -18,6 +18,11 @@ Methods (``TrainConfig.method``):
 
 Sources are pooled without domain labels (multi-source = single-source for DRT); ``m3sda`` alone reads them.
 With ``out_dir`` a run writes ``checkpoints/last.pt`` after every evaluation and resumes from it bit-exactly.
+
+Collapse detection: the selected model is checked for the failure that adversarial alignment runs into — features
+that no longer carry the class (source held-out accuracy near chance) or target predictions that collapse onto one
+class (a class predicted for most target images, or a prediction histogram whose entropy is far below log C). A
+collapse is logged as a loud warning and reported in ``TrainResult.collapse`` (:class:`CollapseCheck`).
 """
 
 from __future__ import annotations
@@ -30,50 +35,41 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal, get_args
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
-from drt.losses import (
-    AdversarialDiscriminativeLoss,
-    DomainAdversarialLoss,
-    DomainDiscriminator,
-    DomainLabelsRequiredError,
-    MCDConfig,
-    MCDLoss,
-    MomentMatchingLoss,
-    classifier_discrepancy,
-    per_source_cross_entropy,
-)
-from drt.models import DomainAdaptationNet, SourceClassifiers
+from drt.losses import DomainLabelsRequiredError, MCDConfig
+from drt.methods import Learner
+from drt.models import DomainAdaptationNet
+from dyncore.io import atomic_write_text
 from dyncore.training import (
     Checkpointer,
-    CheckpointError,
     DistEnv,
     InfiniteLoader,
     JSONLLogger,
     accuracy,
     all_reduce_mean,
+    check_finite,
     get_logger,
-    load_state_dict_strict,
     seed_everything,
     unwrap,
-    wrap_ddp,
 )
 
 __all__ = [
     "METHODS",
     "RESUME_IGNORED",
     "SELECTION",
+    "CollapseCheck",
     "DATask",
     "DomainMismatchError",
     "PseudoLabelled",
     "TrainConfig",
     "TrainResult",
     "check_domains",
+    "collapse_report",
     "digits5_task",
     "domainnet_task",
     "evaluate",
@@ -187,9 +183,65 @@ class TrainResult:
     seconds: float
     pseudo_labels: int | None = None
     resumed_at: int | None = None
+    collapse: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class CollapseCheck:
+    """When the selected model counts as collapsed (any one rule suffices).
+
+    Attributes:
+        max_class_fraction: one class predicted for more than this fraction of the target images.
+        min_entropy_ratio: the entropy of the target prediction histogram below this fraction of log C (uniform
+            predictions have ratio 1; all images in one class 0).
+        min_source_chance_ratio: the source held-out ensemble accuracy below this multiple of chance (100 / C %):
+            the features no longer carry the class.
+    """
+
+    max_class_fraction: float = 0.5
+    min_entropy_ratio: float = 0.5
+    min_source_chance_ratio: float = 2.0
+
+
+def collapse_report(
+    target_counts: Sequence[int] | Tensor, source_accuracy: float, *, check: CollapseCheck | None = None
+) -> dict[str, Any]:
+    """Collapse diagnostics from the target prediction histogram (``target_counts[c]`` = number of target images
+    predicted as class c, (C,)) and the source held-out ensemble accuracy (%).
+
+    Returns ``{"collapsed", "reasons", "top_class", "top_class_fraction", "entropy", "entropy_ratio",
+    "source_val_ensemble", "chance"}``: ``reasons`` lists the rules of ``check`` that fired (empty when none did).
+    No target label is read: the histogram holds predictions only."""
+    check = check or CollapseCheck()
+    counts = torch.as_tensor(target_counts, dtype=torch.float64).flatten()
+    n_classes, total = counts.numel(), float(counts.sum())
+    if n_classes < 2 or total <= 0:
+        raise ValueError(f"collapse_report: need >= 2 classes and >= 1 prediction, got counts {counts.tolist()}")
+    p = counts / total
+    entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
+    ratio = entropy / math.log(n_classes)
+    top = int(p.argmax())
+    chance = 100.0 / n_classes
+    reasons = []
+    if float(p[top]) > check.max_class_fraction:
+        reasons.append(f"class {top} is predicted for {100 * float(p[top]):.1f} % of the target images")
+    if ratio < check.min_entropy_ratio:
+        reasons.append(f"target prediction entropy {entropy:.3f} is {ratio:.2f} × log C = {math.log(n_classes):.3f}")
+    if source_accuracy < check.min_source_chance_ratio * chance:
+        reasons.append(f"source held-out accuracy {source_accuracy:.2f} % is near chance ({chance:.2f} %)")
+    return {
+        "collapsed": bool(reasons),
+        "reasons": reasons,
+        "top_class": top,
+        "top_class_fraction": float(p[top]),
+        "entropy": entropy,
+        "entropy_ratio": ratio,
+        "source_val_ensemble": float(source_accuracy),
+        "chance": chance,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -352,20 +404,31 @@ def evaluate(
 
     For an M³SDA-β model (``num_sources`` set) F1 / F2 are the weighted mixtures of the first / second classifier of
     every per-source pair (:class:`drt.models.SourceClassifiers`); the ensemble rule is the same."""
+    return _evaluate(model, dataset, batch_size=batch_size, device=device)[0]
+
+
+@torch.no_grad()
+def _evaluate(
+    model: DomainAdaptationNet, dataset: Dataset[Any], *, batch_size: int, device: str | torch.device
+) -> tuple[dict[str, float], Tensor]:
+    """:func:`evaluate` and the histogram of the ensemble's predicted classes, (C,) int64."""
     net = unwrap(model)
     was_training = net.training
     net.eval()
     correct: dict[str, float] = {}
+    counts = torch.zeros(net.num_classes, dtype=torch.int64)
     total = 0
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         x, y = batch[0].to(device), batch[1].to(device)
         for name, logits in net.predict(x).items():
             correct[name] = correct.get(name, 0.0) + accuracy(logits, y)[0] * len(y) / 100.0
+            if name == "ensemble":
+                counts += torch.bincount(logits.argmax(1).cpu(), minlength=net.num_classes)
         total += len(y)
     net.train(was_training)
     if total == 0:
         raise ValueError("evaluate: empty dataset")
-    return {k: 100.0 * v / total for k, v in correct.items()}
+    return {k: 100.0 * v / total for k, v in correct.items()}, counts
 
 
 @torch.no_grad()
@@ -411,259 +474,7 @@ def _split_batch(batch: Sequence[Any], device: torch.device) -> tuple[Tensor, Te
     return x, y, d
 
 
-def _is_new(name: str) -> bool:
-    return ".coefficients." in name or name.endswith(".bases")
-
-
-class _Learner:
-    """Optimisers and one optimisation step per method (G: backbone; F: heads; D: discriminator).
-
-    ``encoder`` is the backbone used for training forwards: the model's own backbone, or a DDP wrapper around it in a
-    distributed run (the model itself is never wrapped, so its state_dict keys never change).
-    """
-
-    def __init__(self, model: DomainAdaptationNet, cfg: TrainConfig, env: DistEnv | None) -> None:
-        self.model, self.cfg, self.env = model, cfg, env
-        self.device = torch.device(cfg.device)
-        net = unwrap(model)
-        dim = net.feature_dim
-        self.encoder: nn.Module = net.backbone
-        if env is not None and env.is_distributed:
-            self.encoder = wrap_ddp(net.backbone, env)
-        self.dann: DomainAdversarialLoss | None = None
-        self.adda: AdversarialDiscriminativeLoss | None = None
-        self.mcd = MCDLoss(cfg.mcd)
-        self.mm = MomentMatchingLoss()
-        self.source_encoder: nn.Module | None = None
-        extra: list[nn.Parameter] = []
-        if cfg.method == "dann":
-            self.dann = DomainAdversarialLoss(DomainDiscriminator(dim)).to(self.device)
-            extra = list(self.dann.parameters())
-        elif cfg.method == "adda":
-            self.adda = AdversarialDiscriminativeLoss(DomainDiscriminator(dim)).to(self.device)
-        static = [p for n, p in net.backbone.named_parameters() if not _is_new(n) and p.requires_grad]
-        new = [p for n, p in net.backbone.named_parameters() if _is_new(n) and p.requires_grad]
-        mom, wd = cfg.momentum, cfg.weight_decay
-        hi = cfg.lr * cfg.new_lr_mult
-        groups: list[dict[str, Any]] = [{"params": static, "lr": cfg.lr}, {"params": new + extra, "lr": hi}]
-        self.opt_g = torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr, momentum=mom, weight_decay=wd)
-        self.opt_f = torch.optim.SGD(net.heads.parameters(), lr=hi, momentum=mom, weight_decay=wd)
-        self.opt_d: torch.optim.Optimizer | None = None
-        if self.adda is not None:
-            self.opt_d = torch.optim.SGD(self.adda.parameters(), lr=hi, momentum=mom, weight_decay=wd)
-        self.optimizers = [o for o in (self.opt_g, self.opt_f, self.opt_d) if o is not None]
-        self.base_lrs = [[g["lr"] for g in o.param_groups] for o in self.optimizers]
-
-    def set_lr(self, step: int) -> None:
-        """Step decay: lr × 0.1 at every milestone already passed."""
-        factor = 0.1 ** sum(step >= m for m in self.cfg.lr_milestones)
-        for o, lrs in zip(self.optimizers, self.base_lrs):
-            for g, lr in zip(o.param_groups, lrs):
-                g["lr"] = lr * factor
-
-    # resume -----------------------------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """Everything the learner holds besides the model and ``opt_g`` (which the Checkpointer stores itself): the
-        head and discriminator optimisers, the DANN/ADDA discriminators and ADDA's frozen source encoder (``None``
-        while ADDA is still pre-training)."""
-
-        def sd(obj: Any) -> Any:
-            return None if obj is None else obj.state_dict()
-
-        return {
-            "opt_f": self.opt_f.state_dict(),
-            "opt_d": sd(self.opt_d),
-            "dann": sd(self.dann),
-            "adda": sd(self.adda),
-            "source_encoder": sd(self.source_encoder),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict` (the model must already hold the checkpoint's weights)."""
-        missing = [k for k in ("opt_f", "opt_d", "dann", "adda", "source_encoder") if k not in state]
-        if missing:
-            raise CheckpointError(f"train: the checkpoint's learner state lacks {missing}")
-        self.opt_f.load_state_dict(state["opt_f"])
-        for key, obj in (("opt_d", self.opt_d), ("dann", self.dann), ("adda", self.adda)):
-            if (obj is None) != (state[key] is None):
-                raise CheckpointError(f"train: the checkpoint's `{key}` state does not fit method {self.cfg.method!r}")
-            if obj is not None:
-                obj.load_state_dict(state[key])
-        if state["source_encoder"] is not None:
-            self._freeze_source_encoder()
-            assert self.source_encoder is not None
-            load_state_dict_strict(self.source_encoder, state["source_encoder"])
-
-    def sync_buffers(self) -> None:
-        """DDP: average every buffer (BN running statistics) of the model, the discriminators and ADDA's source
-        encoder across processes. DDP keeps parameters equal but each process updates its own running statistics
-        (and those of modules outside DDP: heads, discriminators); after this call every process holds the same
-        state, which is what a checkpoint stores (before evaluation, saving, and freezing ADDA's source encoder)."""
-        if self.env is None or not self.env.is_distributed:
-            return
-        for module in (unwrap(self.model), self.dann, self.adda, self.source_encoder):
-            if module is None:
-                continue
-            for buf in module.buffers():
-                buf.copy_(all_reduce_mean(buf, self.env).to(buf.dtype))
-
-    # helpers ----------------------------------------------------------------------------------------------------------
-    def _heads(self) -> nn.ModuleList:
-        return unwrap(self.model).heads
-
-    def _sync_small(self, modules: Sequence[nn.Module]) -> None:
-        """Average the gradients of modules outside DDP (heads, discriminator) across processes. Every trainable
-        parameter takes part (a missing gradient counts as zeros), so all processes issue the same collectives even
-        when a batch leaves a parameter unused on one of them."""
-        if self.env is None or not self.env.is_distributed:
-            return
-        for m in modules:
-            for p in m.parameters():
-                if p.requires_grad:
-                    p.grad = all_reduce_mean(p.grad if p.grad is not None else torch.zeros_like(p), self.env)
-
-    def _update(self, loss: Tensor, optimizers: Sequence[torch.optim.Optimizer], small: Sequence[nn.Module]) -> None:
-        for o in self.optimizers:
-            o.zero_grad(set_to_none=True)
-        loss.backward()
-        self._sync_small(small)
-        for opt in optimizers:
-            opt.step()
-
-    def _ce(self, f_s: Tensor, y: Tensor) -> Tensor:
-        return sum(F.cross_entropy(h(f_s), y) for h in self._heads())  # type: ignore[return-value]
-
-    def _features(self, x: Tensor) -> Tensor:
-        return self.encoder(x)
-
-    # one step ---------------------------------------------------------------------------------------------------------
-    def ramp(self, step: int) -> float:
-        """Alignment weight factor in [0, 1] (DANN schedule over the warm-up fraction of the steps)."""
-        span = self.cfg.align_warmup * self.cfg.steps
-        if span <= 0:
-            return 1.0
-        p = min(1.0, step / span)
-        return float(2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0)
-
-    def step(self, step: int, xs: Tensor, ys: Tensor, ds: Tensor | None, xt: Tensor) -> dict[str, float]:
-        cfg = self.cfg
-        weight = self.ramp(step)
-        self.mcd.eta = cfg.mcd.eta * weight
-        heads = self._heads()
-        n_s = xs.shape[0]
-        both = [self.opt_g, self.opt_f]
-        method = cfg.method
-        if method == "adda" and step >= int(cfg.adda_pretrain * cfg.steps):
-            return self._adda_step(xs, xt)
-        if method in ("source_only", "adda"):
-            loss = self._ce(self._features(xs), ys)
-            self._update(loss, both, [heads])
-            return {"loss": float(loss.detach())}
-        if method == "mcd3":
-            return self._mcd3_step(xs, ys, xt)
-        if method == "m3sda":
-            return self._m3sda_step(weight, xs, ys, ds, xt)
-        f = self._features(torch.cat([xs, xt]))
-        f_s, f_t = f[:n_s], f[n_s:]
-        if method == "mcd":
-            parts = self.mcd(list(heads), f_s, ys, f_t)
-            self._update(parts["loss"], both, [heads])
-            return {k: float(v.detach()) for k, v in parts.items()}
-        assert self.dann is not None
-        ce = self._ce(f_s, ys)
-        align = self.dann(f_s, f_t)
-        total = ce + cfg.trade_off * weight * align
-        self._update(total, both, [heads, self.dann])
-        return {"loss": float(total.detach()), "ce": float(ce.detach()), "domain": float(align.detach())}
-
-    def _mcd3_step(self, xs: Tensor, ys: Tensor, xt: Tensor) -> dict[str, float]:
-        heads = self._heads()
-        # A: source CE on G and both heads.
-        ce = self._ce(self._features(xs), ys)
-        self._update(ce, [self.opt_g, self.opt_f], [heads])
-        # B: heads maximise the target discrepancy while staying accurate on the source (G fixed).
-        with torch.no_grad():
-            f = self._features(torch.cat([xs, xt]))
-        f_s, f_t = f[: xs.shape[0]], f[xs.shape[0] :]
-        dis_b = classifier_discrepancy(heads[0](f_t), heads[1](f_t))
-        self._update(self._ce(f_s, ys) - dis_b, [self.opt_f], [heads])
-        # C: G minimises the discrepancy num_k times (heads fixed).
-        dis_c = torch.zeros(())
-        for _ in range(self.cfg.num_k):
-            f_t = self._features(xt)
-            dis_c = classifier_discrepancy(heads[0](f_t), heads[1](f_t))
-            self._update(dis_c, [self.opt_g], [])
-        return {"ce": float(ce.detach()), "dis_max": float(dis_b.detach()), "dis_min": float(dis_c.detach())}
-
-    # M³SDA-β ----------------------------------------------------------------------------------------------------------
-    def _banks(self) -> list[SourceClassifiers]:
-        return [cast(SourceClassifiers, h) for h in self._heads()]
-
-    def _source_ce(self, f_s: Tensor, ys: Tensor, ds: Tensor) -> Tensor:
-        """Σ over both banks and every source i of CE(C_i, source i's samples) (classifier i sees only source i)."""
-        return sum(per_source_cross_entropy(b.per_source(f_s), ys, ds).sum() for b in self._banks())  # type: ignore[return-value]
-
-    def _pair_discrepancy(self, f_t: Tensor) -> Tensor:
-        """Σ_i L_dis(C_i(f_t), C'_i(f_t)) over the N per-source classifier pairs."""
-        first, second = self._banks()
-        pairs = zip(first.per_source(f_t), second.per_source(f_t))
-        return sum(classifier_discrepancy(a, b) for a, b in pairs)  # type: ignore[return-value]
-
-    def _m3sda_step(self, weight: float, xs: Tensor, ys: Tensor, ds: Tensor | None, xt: Tensor) -> dict[str, float]:
-        """M³SDA-β (Peng et al. 2019) with the MCD schedule per source pair: A: G and all classifiers minimise the
-        per-source CE + λ·moment matching; B: the classifiers (G fixed) maximise each pair's target discrepancy while
-        staying accurate on their source; C: G minimises the discrepancies ``num_k`` times."""
-        if ds is None:
-            raise DomainLabelsRequiredError(
-                "method 'm3sda' (M³SDA-β) needs source domain labels: the source dataset must yield (x, y, domain)"
-            )
-        heads = self._heads()
-        n_s = xs.shape[0]
-        f = self._features(torch.cat([xs, xt]))
-        f_s, f_t = f[:n_s], f[n_s:]
-        ce = self._source_ce(f_s, ys, ds)
-        moments = self.mm(f_s, ds, f_t)
-        total = ce + self.cfg.trade_off * weight * moments
-        self._update(total, [self.opt_g, self.opt_f], [heads])
-        with torch.no_grad():
-            f = self._features(torch.cat([xs, xt]))
-        dis_b = self._pair_discrepancy(f[n_s:])
-        self._update(self._source_ce(f[:n_s], ys, ds) - dis_b, [self.opt_f], [heads])
-        dis_c = torch.zeros(())
-        for _ in range(self.cfg.num_k):
-            dis_c = self._pair_discrepancy(self._features(xt))
-            self._update(dis_c, [self.opt_g], [])
-        return {
-            "loss": float(total.detach()),
-            "ce": float(ce.detach()),
-            "moments": float(moments.detach()),
-            "dis_max": float(dis_b.detach()),
-            "dis_min": float(dis_c.detach()),
-        }
-
-    # ADDA -------------------------------------------------------------------------------------------------------------
-    def _freeze_source_encoder(self) -> None:
-        """End of ADDA pre-training: a frozen copy of the backbone becomes the source encoder; the heads freeze."""
-        self.sync_buffers()
-        self.source_encoder = copy.deepcopy(unwrap(self.model).backbone).eval().requires_grad_(False)
-        self._heads().requires_grad_(False)
-
-    def _adda_step(self, xs: Tensor, xt: Tensor) -> dict[str, float]:
-        assert self.adda is not None and self.opt_d is not None
-        if self.source_encoder is None:
-            self._freeze_source_encoder()
-        assert self.source_encoder is not None
-        with torch.no_grad():
-            f_s = self.source_encoder(xs)
-            f_t = self._features(xt)  # the discriminator step reads detached target features
-        d_loss = self.adda.discriminator_loss(f_s, f_t)
-        self._update(d_loss, [self.opt_d], [self.adda])
-        g_loss = self.adda.encoder_loss(self._features(xt))
-        self._update(g_loss, [self.opt_g], [])
-        return {"disc": float(d_loss.detach()), "encoder": float(g_loss.detach())}
-
-
-def _loader(ds: Dataset[Any], cfg: TrainConfig, seed: int, env: DistEnv | None) -> InfiniteLoader:
+def _loader(ds: Dataset[Any], cfg: TrainConfig, seed: int, env: DistEnv | None, what: str) -> InfiniteLoader:
     g = torch.Generator().manual_seed(seed)
     sampler: Any = None
     if env is not None and env.is_distributed:
@@ -680,8 +491,25 @@ def _loader(ds: Dataset[Any], cfg: TrainConfig, seed: int, env: DistEnv | None) 
         num_workers=cfg.num_workers,
     )
     if len(loader) == 0:
-        raise ValueError(f"dataset of {len(ds)} samples is smaller than batch_size={cfg.batch_size}")  # type: ignore[arg-type]
+        n = len(sampler) if sampler is not None else len(ds)  # type: ignore[arg-type]
+        per_process = "" if sampler is None else " per process"
+        raise ValueError(
+            f"batch_size={cfg.batch_size} (CLI --batch-size) exceeds the {n} images of the {what}{per_process}: no "
+            "full batch can be drawn; lower --batch-size (or use more data, e.g. a larger --limit)"
+        )
     return InfiniteLoader(loader)
+
+
+def _check_image_size(model: DomainAdaptationNet, dataset: Dataset[Any], what: str) -> None:
+    """Reject images the backbone cannot take (smaller than its stride, or not the digit CNN's fixed size) before
+    the first step, naming the split."""
+    x = dataset[0][0]
+    if not isinstance(x, Tensor) or x.dim() != 3:
+        return  # not an image tensor: the backbone's own checks apply
+    try:
+        unwrap(model).check_image_size((int(x.shape[-2]), int(x.shape[-1])))
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from None
 
 
 def _check_m3sda(model: DomainAdaptationNet, sources: Dataset[Any]) -> None:
@@ -713,7 +541,7 @@ RESUME_IGNORED = ("device", "num_workers")
 
 
 def _resume(
-    ckpt: Checkpointer, model: DomainAdaptationNet, learner: _Learner, src: InfiniteLoader, tgt: InfiniteLoader
+    ckpt: Checkpointer, model: DomainAdaptationNet, learner: Learner, src: InfiniteLoader, tgt: InfiniteLoader
 ) -> tuple[int, list[dict[str, Any]], tuple[float, int, dict[str, Tensor]] | None] | None:
     """Restore a run from ``last.pt`` (model, optimisers, learner, loaders, RNG); returns (step, history, best)
     or ``None`` when there is nothing to resume."""
@@ -753,6 +581,8 @@ def train(
     env: DistEnv | None = None,
     callback: Callable[[int, dict[str, float]], None] | None = None,
     run_config: Mapping[str, Any] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    collapse_check: CollapseCheck | None = None,
 ) -> TrainResult:
     """Train ``model`` on labelled ``sources`` (pooled; (x, y) or (x, y, domain)) and unlabelled ``target`` (its
     labels are never read), select a checkpoint, and report F1/F2/ensemble accuracy.
@@ -773,6 +603,16 @@ def train(
     :class:`dyncore.training.ConfigMismatchError` names the differing keys.
 
     ``callback(step, stats)`` runs after every optimisation step (0-based ``step``), before that step's evaluation.
+    ``on_start(step)`` runs once the resume check has passed, before the first step (``step`` = where training
+    continues, 0 for a fresh run): the CLI writes ``config.json`` there, so a refused resume leaves it alone.
+
+    ``out_dir/metrics.jsonl`` holds one line per evaluation (``step`` = optimisation steps done) and a final
+    ``selected`` line at ``step = config.steps``; a resumed run first drops the lines logged after its checkpoint
+    (an evaluation written just before a kill, the previous final line), so steps stay increasing and unique.
+
+    Raises:
+        dyncore.training.NonFiniteError: a non-finite training loss (naming the step and the learning rate).
+        ValueError: a batch size larger than a split, or images the backbone cannot take (naming the split).
     """
     cfg = config
     t0 = time.perf_counter()
@@ -785,14 +625,17 @@ def train(
         )
     if cfg.method == "m3sda":
         _check_m3sda(model, sources)
+    for ds_, what in ((sources, "source train split"), (target, "target train split")):
+        _check_image_size(model, ds_, what)
     model.to(device)
-    learner = _Learner(model, cfg, env)
-    src = _loader(sources, cfg, cfg.seed, env)
-    tgt = _loader(target, cfg, cfg.seed + 1, env)
+    learner = Learner(model, cfg, env)
+    src = _loader(sources, cfg, cfg.seed, env, "source train split")
+    tgt = _loader(target, cfg, cfg.seed + 1, env, "target train split")
     logger: JSONLLogger | None = None
     ckpt: Checkpointer | None = None
+    is_main = env is None or env.is_main
     if out_dir is not None:
-        logger = JSONLLogger(Path(out_dir) / "metrics.jsonl", enabled=env is None or env.is_main)
+        logger = JSONLLogger(Path(out_dir) / "metrics.jsonl", enabled=is_main)
         ckpt = Checkpointer(
             Path(out_dir) / "checkpoints", _resume_config(cfg, run_config, env), ignore=RESUME_IGNORED, env=env
         )
@@ -802,14 +645,22 @@ def train(
     resumed = _resume(ckpt, model, learner, src, tgt) if ckpt is not None else None
     if resumed is not None:
         start, history, best = resumed
+    if logger is not None and is_main:
+        _truncate_log(logger.path, start)
+    if on_start is not None:
+        on_start(start)
     model.train()
     for step in range(start, cfg.steps):
         xs, ys, ds = _split_batch(next(src), device)
         xt, _, _ = _split_batch(next(tgt), device)
         learner.set_lr(step)
         stats = learner.step(step, xs, ys, ds, xt)
-        if not all(math.isfinite(v) for v in stats.values()):
-            raise FloatingPointError(f"train: non-finite loss at step {step}: {stats}")
+        for name, value in stats.items():
+            check_finite(
+                value,
+                what=f"train: the {cfg.method} loss term {name!r} at step {step}",
+                hint=f"the run diverged: lower the learning rate (lr={cfg.lr:g}, CLI --lr) or check the inputs",
+            )
         if callback is not None:
             callback(step, stats)
         done = step + 1
@@ -846,11 +697,44 @@ def train(
     assert best is not None
     unwrap(model).load_state_dict(best[2])
     val = evaluate(model, source_val, batch_size=cfg.eval_batch_size, device=device)
-    tst = evaluate(model, target_test, batch_size=cfg.eval_batch_size, device=device)
+    tst, counts = _evaluate(model, target_test, batch_size=cfg.eval_batch_size, device=device)
+    collapse = collapse_report(counts, val["ensemble"], check=collapse_check)
+    if collapse["collapsed"]:
+        log.warning(
+            "COLLAPSE: the selected model (step %d, method %s) has collapsed — %s. Its target accuracy (%.2f %%) is "
+            "not a result: lower the alignment weights (MCD --eta/--grl-coeff, --trade-off) or the --lr",
+            best[1],
+            cfg.method,
+            "; ".join(collapse["reasons"]),
+            tst["ensemble"],
+        )
     if logger is not None:
-        logger.log(step=best[1], selected=True, select_on=cfg.select_on, **{f"final/{k}": v for k, v in tst.items()})
+        logger.log(
+            step=cfg.steps,
+            selected=True,
+            selected_step=best[1],
+            select_on=cfg.select_on,
+            collapsed=collapse["collapsed"],
+            **{f"final/{k}": v for k, v in tst.items()},
+        )
     seconds = time.perf_counter() - t0
-    return TrainResult(best[1], val, tst, cfg.select_on, history, seconds, resumed_at=start if resumed else None)
+    return TrainResult(
+        best[1], val, tst, cfg.select_on, history, seconds, resumed_at=start if resumed else None, collapse=collapse
+    )
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the evaluation lines of ``path`` up to ``step`` (where a resumed run continues; 0: none) and drop the
+    rest — lines of evaluations after the last checkpoint and the final ``selected`` line — so a resumed run's
+    log has increasing, unique steps."""
+    if not path.exists():
+        return
+    import json
+
+    records = JSONLLogger.read(path)
+    kept = [r for r in records if int(r.get("step", 0)) <= step and not r.get("selected")]
+    if len(kept) != len(records):
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def train_with_self_training(
@@ -864,6 +748,7 @@ def train_with_self_training(
     out_dir: str | Path | None = None,
     env: DistEnv | None = None,
     run_config: Mapping[str, Any] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> tuple[TrainResult, TrainResult]:
     """DRT+ST: train, pseudo-label the target samples with confidence > ``config.st_threshold`` (0.8), then train
     again (``config.st_steps`` steps, same method) with the source samples plus the pseudo-labelled target samples.
@@ -882,6 +767,7 @@ def train_with_self_training(
         out_dir=out_dir,
         env=env,
         run_config=run_config,
+        on_start=on_start,
     )
     idx, labels = pseudo_labels(model, target, threshold=config.st_threshold, device=config.device)
     log.info("self-training: %d of %d target samples above confidence %.2f", len(idx), len(target), config.st_threshold)  # type: ignore[arg-type]
