@@ -73,3 +73,16 @@ def test_loss_decreases_with_mixup_and_smoothing() -> None:
     ]
     assert sum(losses[-3:]) / 3 < losses[0] - 0.2
     assert evaluate(model, tensor_batches(x, y, 8))["top1"] >= 0.0
+
+
+def test_non_finite_loss_names_the_flag() -> None:
+    import pytest
+
+    from dyncore.training import NonFiniteError
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    recipe = Recipe(epochs=1, batch_size=2, lr=1e6)
+    x, y = torch.full((4, 3, 2, 2), float("nan")), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(NonFiniteError, match=r"loss at epoch 1 step 1.*--lr \(now 1e\+06\)"):
+        train_one_epoch(model, tensor_batches(x, y, 2), make_optimizer(model, recipe), None, recipe, epoch=0,
+                        steps_per_epoch=2)  # fmt: skip

@@ -34,12 +34,14 @@ def test_demo_quick_writes_summary(tmp_path: Path) -> None:
     assert results["static"]["params"] < results["DCD (ΛW0+PΦQᵀ, +CLS)"]["params"] < results["DY-Conv (K=4)"]["params"]
 
 
-def test_export_onnx_matches(tmp_path: Path) -> None:
+def test_export_onnx_is_checked_relative_on_a_calibrated_model(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    assert _run(["export", "--model", "dcd_mobilenetv2_035", "--quick", "--inference-form", "--num-classes", "10",
+    assert _run(["export", "--model", "dcd_mobilenetv2_035", "--quick", "--legacy", "--num-classes", "10",
                  "--out", str(tmp_path)]) == 0  # fmt: skip
     result = json.loads((tmp_path / "export.json").read_text())
-    assert result["ok"] and result["max_abs_diff"] < 1e-3
+    assert result["ok"] and result["form"] == "reparameterized" and result["exporter"] == "torchscript"
+    assert len(result["relative_errors"]) == 2 and max(result["relative_errors"]) <= 1e-4  # traced + second input
+    assert result["max_abs_reference"] > 1e-2  # BN-calibrated: O(1) logits, not ~1e-14
 
 
 def test_train_and_eval_embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -48,9 +50,51 @@ def test_train_and_eval_embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     args = ["--model", "dcd_resnet10", "--data", "digits5:usps", "--limit", "64", "--workers", "0"]
     assert _run(["train", *args, "--quick", "--batch-size", "16", "--out", str(out)]) == 0
     assert (out / "checkpoints" / "last.pt").is_file() and (out / "metrics.jsonl").is_file()
-    assert (
-        _run(["eval", *args, "--checkpoint", str(out / "checkpoints" / "last.pt"), "--out", str(tmp_path / "e")]) == 0
-    )
+    first = json.loads((out / "result.json").read_text())
+    assert first["epochs_done"] == 1 and 0.0 <= first["best_top1"] <= 100.0
+    # a rerun of the finished run resumes at its end: nothing trains, and the recorded best is kept (not reset)
+    assert _run(["train", *args, "--quick", "--batch-size", "16", "--out", str(out)]) == 0
+    assert json.loads((out / "result.json").read_text()) == first
+    assert json.loads((out / "config.json").read_text())["model_spec"]["name"] == "dcd_resnet10"
+    ckpt = str(out / "checkpoints" / "last.pt")
+    # eval rebuilds the recorded model (no --model needed); a contradicting flag is refused
+    assert _run(["eval", *args[2:], "--checkpoint", ckpt, "--out", str(tmp_path / "e")]) == 0
+    assert _run(["eval", *args[2:], "--checkpoint", ckpt, "--num-classes", "7", "--out", str(tmp_path / "f")]) == 2
     assert 0.0 <= json.loads((tmp_path / "e" / "eval.json").read_text())["top1"] <= 100.0
-    with pytest.raises(ValueError, match="unknown Digits-5 domain"):
-        main(["train", "--data", "digits5:nope", "--quick", "--out", str(tmp_path / "bad")])
+    assert _run(["train", "--data", "digits5:nope", "--quick", "--out", str(tmp_path / "bad")]) == 2
+
+
+def _tiny_folder(root: Path) -> Path:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (40, 40), (40 * i, 100, 200 if c == "a" else 0)).save(root / split / c / f"{i}.png")
+    return root
+
+
+def test_train_rejects_bad_sizes_up_front(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = f"folder:{_tiny_folder(tmp_path / 'data')}"
+    base = ["train", "--model", "dcd_mobilenetv2_050", "--data", data, "--workers", "0", "--epochs", "1"]
+    assert _run([*base, "--img-size", "16", "--batch-size", "2", "--out", str(tmp_path / "a")]) == 2
+    assert "smaller than dcd_mobilenetv2_050's total stride 32" in capsys.readouterr().err
+    assert not (tmp_path / "a" / "config.json").exists()  # nothing written for a refused run
+    assert _run([*base, "--img-size", "32", "--batch-size", "64", "--out", str(tmp_path / "b")]) == 2
+    assert "no batch would be formed" in capsys.readouterr().err
+    alias = ["--data", f"imagefolder:{tmp_path / 'data'}", "--wd", "1e-3", "--image-size", "16"]
+    assert _run([*base[:3], *alias, "--workers", "0", "--batch-size", "2", "--out", str(tmp_path / "c")]) == 2
+    assert "total stride" in capsys.readouterr().err  # the aliases parse (and reach the same check)
+
+
+def test_eval_refuses_checkpoint_without_model_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    import dcd
+
+    path = tmp_path / "plain.pt"
+    torch.save({"model": dcd.create("dcd_resnet10", num_classes=10, small_input=True).state_dict()}, path)
+    argv = ["eval", "--data", "digits5:usps", "--limit", "8", "--workers", "0", "--checkpoint", str(path)]
+    assert _run([*argv, "--out", str(tmp_path / "e")]) == 2
+    assert "records no model spec" in capsys.readouterr().err

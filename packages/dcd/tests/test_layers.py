@@ -19,6 +19,7 @@ from dcd.layers import (
     dyconv_temperature,
     set_temperature,
 )
+from dyncore.export import relative_error
 
 
 def _warm_bn(layer: nn.Module, x: torch.Tensor) -> None:
@@ -114,7 +115,7 @@ def test_variants_parameters() -> None:
     assert torch.allclose(lam_x, torch.ones_like(lam_x)) and phi_x.abs().max() == 0
 
 
-def test_fold_bn_keeps_output() -> None:
+def test_reparameterize_folds_following_bn() -> None:
     torch.manual_seed(4)
     layer = DynamicConvDecomposition(8, 12, 3, latent=4)
     _randomise_branch(layer)
@@ -126,12 +127,15 @@ def test_fold_bn_keeps_output() -> None:
         for _ in range(3):
             seq(x)
     seq.eval()
+    x2 = torch.randn(3, 8, 6, 6)
     with torch.no_grad():
-        ref = seq(x)
-        layer.fold_bn(bn)
-        for mode in ("featurewise", "synthesis"):
-            layer.mode = mode
-            torch.testing.assert_close(layer(x), ref, atol=1e-5, rtol=1e-5)
+        ref = seq(x2)
+        fast = layer.reparameterize(bn=bn)
+        assert relative_error(fast(x2), ref) <= 1e-5
+        bn.running_mean.add_(0.5)  # twin: a fold of other statistics fails the same check
+        assert relative_error(layer.reparameterize(bn=bn)(x2), ref) > 1e-3
+    with pytest.raises(ValueError, match="needs a 1×1 layer"):
+        layer.reparameterize(form="synthesis")
 
 
 def _randomise_bns(layer: nn.Module) -> None:
@@ -147,32 +151,29 @@ def _randomise_bns(layer: nn.Module) -> None:
 @pytest.mark.parametrize("variant", ["full", "lambda", "residual"])
 @pytest.mark.parametrize("stabilised", [True, False])
 @pytest.mark.parametrize("kernel, stride, pool, bias", [(1, 1, 2, False), (3, 2, 1, True), (1, 2, 1, True)])
-@pytest.mark.parametrize("mode", ["auto", "featurewise", "synthesis"])
-@pytest.mark.parametrize("batch", [1, 3])
-def test_inference_plan_equals_autograd_path(
-    variant: str, stabilised: bool, kernel: int, stride: int, pool: int, bias: bool, mode: str, batch: int
+def test_fast_form_equals_layer(
+    variant: str, stabilised: bool, kernel: int, stride: int, pool: int, bias: bool
 ) -> None:
-    """The eval/no-grad path (folded InferencePlan) computes what the autograd path computes, also after a BN fold."""
+    """The explicit fast form (every application it supports, with a BN folded) equals the layer in eval, float64."""
     torch.manual_seed(0)
     layer = DynamicConvDecomposition(
-        8, 12, kernel, stride=stride, pool=pool, bias=bias, variant=variant, stabilised=stabilised, mode=mode
-    )
+        8, 12, kernel, stride=stride, pool=pool, bias=bias, variant=variant, stabilised=stabilised
+    ).double()
     _randomise_branch(layer)
     _randomise_bns(layer)
     layer.eval()
-    x = torch.randn(batch, 8, 9, 9)
-    reference = layer(x)  # grad enabled: the general path
-    assert reference.requires_grad
-    with torch.no_grad():
-        fast = layer(x)
-    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
-    bn = nn.BatchNorm2d(12).eval()
+    bn = nn.BatchNorm2d(12).double().eval()
     _randomise_bns(bn)
+    x = torch.randn(3, 8, 9, 9, dtype=torch.float64)
+    reference = layer(x)
     with torch.no_grad():
+        torch.testing.assert_close(layer(x), reference, atol=0, rtol=0)  # no other path without autograd
         expected = bn(reference)
-        layer.fold_bn(bn)
-    with torch.inference_mode():
-        torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+    forms = ["featurewise", "synthesis"] if kernel == 1 else ["featurewise"]
+    for form in forms:
+        with torch.no_grad():
+            assert relative_error(layer.reparameterize(form=form)(x), reference) <= 1e-12, form
+            assert relative_error(layer.reparameterize(bn=bn, form=form)(x), expected) <= 1e-12, form
 
 
 @pytest.mark.quick
@@ -233,32 +234,26 @@ def test_training_form_rule() -> None:
     assert not DynamicConvDecomposition(16, 96, 3).train()._train_by_synthesis(torch.empty(2, 16, 56, 56))
 
 
-def test_inference_plan_is_rebuilt_when_parameters_change() -> None:
+def test_eval_runs_its_own_modules_whatever_the_grad_mode() -> None:
+    """No hidden fast path: in eval, with or without autograd, the layer's BNs run (hooks fire) and in-place edits of
+    their statistics take effect at once."""
     torch.manual_seed(1)
     layer = DynamicConvDecomposition(8, 12, 1, latent=4).eval()
     _randomise_branch(layer)
+    calls: list[str] = []
+    layer.bn_q.register_forward_hook(lambda *_: calls.append("bn_q"))
+    layer.branch.fc.register_forward_hook(lambda *_: calls.append("fc"))
     x = torch.randn(1, 8, 6, 6)
+    with_grad = layer(x)
     with torch.no_grad():
-        before = layer(x)
-        plan = layer.inference_plan()
-        assert layer.inference_plan() is plan  # cached while nothing changes
-        layer.weight.mul_(2.0)  # in place (an optimizer step does the same)
-        changed = layer(x)
-    assert layer.inference_plan() is not plan
-    torch.testing.assert_close(changed, layer(x).detach(), atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(changed, before)
-    other = DynamicConvDecomposition(8, 12, 1, latent=4)
-    layer.load_state_dict(other.state_dict())
-    with torch.no_grad():
-        torch.testing.assert_close(layer(x), other.eval()(x), atol=1e-6, rtol=1e-6)
-    plan = layer.inference_plan()
-    layer.bn_q = nn.BatchNorm2d(4).eval()  # a replaced sub-module drops the plan
-    assert layer.inference_plan() is not plan
-    with torch.no_grad():
+        without = layer(x)
+    with torch.inference_mode():
         layer(x)
-        layer.double()  # new storage (and dtype): the plan is rebuilt for it
-        torch.testing.assert_close(layer(x.double()), layer.float()(x).double(), atol=1e-5, rtol=1e-5)
-    assert layer.inference_plan().w0.dtype == torch.float32
+    assert calls == ["fc", "bn_q"] * 3
+    torch.testing.assert_close(without, with_grad.detach(), atol=0, rtol=0)
+    with torch.no_grad():
+        layer.bn_q.running_var.data.mul_(4)
+        assert relative_error(layer(x), without) > 1e-3
 
 
 def test_auto_mode_picks_the_cheaper_form() -> None:

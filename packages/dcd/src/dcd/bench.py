@@ -1,12 +1,9 @@
-"""``dcd bench``: the Performance section of issue 4, measured side by side (interleaved) on this machine.
+"""``dcd bench``: latency and training-step ratios, measured side by side (interleaved) on this machine.
 
-1. Batch-1, single-thread, 224×224 latency of MobileNetV2 ×0.5 DCD ÷ static MobileNetV2 ×0.5:
-   * eager PyTorch, both models as trained (BN modules); DCD layers in their default "auto" form (eval: the folded
-     :class:`dcd.layers.InferencePlan`, kernel synthesis where it costs fewer MAdds) and, for reference, all in the
-     released feature-wise form;
-   * inference form, both run the same way: BNs folded, each DCD layer in the form measured fastest
-     (:func:`dcd.inference.inference_form` via :func:`dyncore.nn.fastest_mode`), eager and exported to ONNX Runtime
-     (1 intra-op thread).
+1. Batch-1, single-thread, 224×224 latency of MobileNetV2 ×0.5 DCD ÷ static:
+   * eager PyTorch: DCD with its own modules (eval) vs torchvision's ``mobilenet_v2(width_mult)``;
+   * the explicit fast form (:func:`dcd.reparameterize`: BNs folded, per-layer form fixed by MAdds on the example) of
+     DCD vs the static model's fast form (BN folded), eager, TorchScript and ONNX Runtime (1 intra-op thread).
 2. Training step time (batch 64, 2 threads) of DCD (default "auto" form, and the released feature-wise form), DY-Conv
    and CondConv ×0.5 (and static), interleaved rounds.
 """
@@ -14,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 from typing import Any
 
@@ -22,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcd.inference import fold_batchnorm, inference_form, set_apply_mode
+from dcd.inference import reparameterize
 from dcd.models import DynamicConfig, mobilenetv2
 from dyncore.bench import compare_latency, compare_train_throughput, tune_malloc
 from dyncore.cli import RunDir
@@ -53,45 +49,46 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     run.write_config({"command": "bench", "width": width, "size": size, "quick": quick})
     torch.manual_seed(args.seed)
     x = torch.randn(1, 3, size, size)
+    import torchvision
+
+    static_tv = torchvision.models.mobilenet_v2(width_mult=width).eval()
     static = mobilenetv2(width_mult=width, kind="static").eval()
     dcd = mobilenetv2(width_mult=width, kind="dcd").eval()
     rounds, repeats = (2, 3) if quick else (5, 10)
-    dcd_fw = copy.deepcopy(dcd)
-    set_apply_mode(dcd_fw, "featurewise")
-    eager = compare_latency({"static": (static, (x,)), "dcd": (dcd, (x,)), "dcd_featurewise": (dcd_fw, (x,))},
-                            threads=1, rounds=rounds, repeats=repeats)  # fmt: skip
-    # The MAdds floor: static, released feature-wise (per pixel), and each layer in its cheaper form.
+    print(f"bench: eager latency, batch 1, 1 thread, {size}² …", flush=True)
+    eager = compare_latency({"static": (static_tv, (x,)), "dcd": (dcd, (x,))}, threads=1, rounds=rounds,
+                            repeats=repeats)  # fmt: skip
     per_sample = count_madds(dcd, x, convention=MAddsConvention(dynamic="per_sample")).by_module
     per_pixel = count_madds(dcd, x, convention=MAddsConvention(dynamic="per_pixel")).by_module
     static_madds = count_madds(static, x).total
-    # Inference form: the same folding for both; DCD layers pick their measured-fastest application form.
-    torch.set_num_threads(1)
-    static_f = copy.deepcopy(static)
-    fold_batchnorm(static_f)
-    dcd_f, modes = inference_form(dcd, x, repeats=2 if quick else 5)
-    inf = compare_latency({"static": (static_f, (x,)), "dcd": (dcd_f, (x,))}, threads=1, rounds=rounds,
-                          repeats=repeats)  # fmt: skip
-    details: dict[str, Any] = {"malloc_tuned": malloc_tuned, "eager_ms": eager, "inference_eager_ms": inf,
-                               "input": [1, 3, size, size],
-                               "threads_latency": 1, "modes": {m: list(modes.values()).count(m) for m in
-                                                                ("featurewise", "synthesis")},
+    # The explicit fast forms: BN folded in both; DCD layers in the form that costs fewer MAdds at this size.
+    print("bench: explicit fast forms (dcd.reparameterize) …", flush=True)
+    static_f = reparameterize(static, x)
+    dcd_f = reparameterize(dcd, x)
+    forms = [getattr(m, "form", None) for m in dcd_f.modules()]
+    inf = compare_latency({"static": (static_f, (x,)), "dcd": (dcd_f, (x,)), "static_torchvision": (static_tv, (x,))},
+                          threads=1, rounds=rounds, repeats=repeats)  # fmt: skip
+    details: dict[str, Any] = {"malloc_tuned": malloc_tuned, "eager_ms": eager, "fast_form_ms": inf,
+                               "input": [1, 3, size, size], "threads_latency": 1,
+                               "forms": {f: forms.count(f) for f in ("featurewise", "synthesis")},
                                "madds": {"static": static_madds, "dcd_featurewise": sum(per_pixel.values()),
                                          "dcd_cheaper_form_per_layer": sum(map(min, per_pixel.values(),
                                                                                per_sample.values()))}}  # fmt: skip
-    ratios = {"latency_eager_dcd_over_static": eager["dcd"] / eager["static"],
-              "latency_eager_dcd_featurewise_over_static": eager["dcd_featurewise"] / eager["static"],
-              "madds_dcd_cheaper_form_over_static": details["madds"]["dcd_cheaper_form_per_layer"] / static_madds,
-              "latency_inference_eager_dcd_over_static": inf["dcd"] / inf["static"]}  # fmt: skip
+    ratios = {"latency_eager_dcd_over_torchvision": eager["dcd"] / eager["static"],
+              "latency_fast_dcd_over_torchvision": inf["dcd"] / inf["static_torchvision"],
+              "latency_fast_dcd_over_fast_static": inf["dcd"] / inf["static"],
+              "madds_dcd_cheaper_form_over_static":
+                  details["madds"]["dcd_cheaper_form_per_layer"] / static_madds}  # fmt: skip
     # Compiled: TorchScript trace → freeze → optimize_for_inference, for both folded models.
+    print("bench: TorchScript and ONNX Runtime …", flush=True)
     with torch.no_grad():
-        # (the DCD layers' inference plans are built by now, so the trace records only the per-input work)
         ts_static, ts_dcd = (torch.jit.optimize_for_inference(torch.jit.freeze(
             torch.jit.trace(m, (x,), check_trace=False))) for m in (static_f, dcd_f))  # fmt: skip
     ts = compare_latency({"static": (ts_static, (x,)), "dcd": (ts_dcd, (x,))}, threads=1,
                          rounds=rounds,
                          repeats=repeats)  # fmt: skip
     details["torchscript_ms"] = ts
-    ratios["latency_torchscript_dcd_over_static"] = ts["dcd"] / ts["static"]
+    ratios["latency_torchscript_fast_dcd_over_fast_static"] = ts["dcd"] / ts["static"]
     try:
         s_sess = _ort_session(static_f, x, run.path / "static.onnx")
         d_sess = _ort_session(dcd_f, x, run.path / "dcd.onnx")
@@ -100,10 +97,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                                   "dcd": (lambda: d_sess.run(None, feed), ())}, threads=1, rounds=rounds,
                                  repeats=repeats)  # fmt: skip
         details["onnxruntime_ms"] = ort_ms
-        ratios["latency_onnxruntime_dcd_over_static"] = ort_ms["dcd"] / ort_ms["static"]
+        ratios["latency_onnxruntime_fast_dcd_over_fast_static"] = ort_ms["dcd"] / ort_ms["static"]
     except Exception as e:
-        # Known: the TorchScript ONNX exporter cannot export 2×2 adaptive pooling of a 7×7 map (224² input).
         details["onnxruntime_ms"] = f"skipped: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    print("bench: training steps, 2 threads …", flush=True)
     # Training step time, 2 threads.
     batch, tsize = (8, 96) if quick else (64, 224)
     gen = torch.Generator().manual_seed(0)

@@ -1,50 +1,27 @@
-"""ONNX export of a (dynamic) model, checked against PyTorch with onnxruntime."""
+"""ONNX export of a DCD model: its explicit fast form (:func:`dcd.reparameterize`), checked by
+:func:`dyncore.export.export_onnx` (onnxruntime vs PyTorch, relative to the output scale, on a second input too)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
+from torch import Tensor, nn
+
+from dyncore.export import OnnxReport
+from dyncore.export import export_onnx as _export_onnx
 
 __all__ = ["export_onnx"]
 
 
-@torch.no_grad()
-def export_onnx(
-    model: nn.Module, path: str | Path, *, size: int = 224, batch: int = 1, inference_form: bool = False,
-    atol: float = 1e-3,
-) -> dict[str, Any]:  # fmt: skip
-    """Export ``model`` (eval mode) for a (batch, 3, size, size) input and compare onnxruntime's output with PyTorch's.
+def export_onnx(model: nn.Module, path: str | Path, example: Tensor, *, fast: bool = True, **kwargs: Any) -> OnnxReport:
+    """Export ``model`` (eval) — by default its explicit fast form, with each layer's form fixed on ``example`` — to
+    ONNX; ``kwargs`` go to :func:`dyncore.export.export_onnx` (``dynamo``, ``rtol``, ``check_inputs`` …).
 
-    Returns ``{"path", "max_abs_diff", "ok", "modes"}``. ``inference_form`` folds BNs and picks per-layer forms first.
-    Raises ImportError naming the missing package when onnx/onnxruntime are absent.
+    Raises:
+        dyncore.export.ExportCheckError: onnxruntime differs from PyTorch by more than ``rtol`` (relative).
     """
-    try:
-        import onnxruntime as ort
-    except ImportError as e:  # pragma: no cover - optional dependency
-        raise ImportError("export_onnx needs onnx and onnxruntime: pip install 'dcd[export]'") from e
-    from dcd.inference import inference_form as make_inference_form
+    from dcd.inference import reparameterize
 
-    model = model.eval()
-    x = torch.randn(batch, 3, size, size)
-    modes: dict[str, str] = {}
-    if inference_form:
-        model, chosen = make_inference_form(model, x, repeats=2)
-        modes = dict(chosen)
-    ref = model(x)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["logits"], opset_version=17,
-                      dynamo=False)  # fmt: skip
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = sess.run(None, {"input": x.numpy()})[0]
-    diff = float((torch.from_numpy(out) - ref).abs().max())
-    return {
-        "path": str(path),
-        "max_abs_diff": diff,
-        "ok": diff <= atol,
-        "modes": modes,
-        "input": [batch, 3, size, size],
-    }
+    net = reparameterize(model, example) if fast else model.eval()
+    return _export_onnx(net, path, example, **kwargs)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dcd.layers import dyconv_temperature, set_temperature
+from dyncore.training import check_finite
 
 __all__ = [
     "Recipe",
@@ -165,6 +166,9 @@ def train_one_epoch(
         else:
             logits = model(x)
             loss = _loss(logits, y, recipe.label_smoothing)
+        lr = optimizer.param_groups[0]["lr"]
+        check_finite(loss.detach(), what=f"loss at epoch {epoch + 1} step {i + 1}",
+                     hint=f"lower --lr (now {lr:g}) or check the data and --img-size")  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -1,8 +1,9 @@
 """DCD layers (thesis Chapter 3) and the vanilla dynamic convolution baselines."""
 
 from dcd.layers.classifier import DCDClassifier
-from dcd.layers.dcd import VARIANTS, DynamicConvDecomposition, InferencePlan, bn_affine
+from dcd.layers.dcd import VARIANTS, DynamicConvDecomposition, bn_affine
 from dcd.layers.depthwise import DepthwiseDCD
+from dcd.layers.fast import DCDInference
 from dcd.layers.joint import JointFusionDCD
 from dcd.layers.vanilla import CondConv2d, DynamicConv2d, dyconv_temperature, set_temperature
 
@@ -15,10 +16,10 @@ __all__ = [
     "ChannelFusionDCD",
     "CondConv2d",
     "DCDClassifier",
+    "DCDInference",
     "DepthwiseDCD",
     "DynamicConv2d",
     "DynamicConvDecomposition",
-    "InferencePlan",
     "JointFusionDCD",
     "bn_affine",
     "dyconv_temperature",

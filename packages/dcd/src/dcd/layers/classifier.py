@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dcd.layers import _trace
 from dcd.layers.dcd import DynamicConvDecomposition
 from dcd.rules import classifier_rule
-from dyncore.nn import check_rank
 
 __all__ = ["DCDClassifier"]
 
@@ -56,7 +56,7 @@ class DCDClassifier(DynamicConvDecomposition):
         return layer.to(linear.weight.device)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_rank(x, (2,), type(self).__name__)
+        _trace.check_input(x, 2, self.in_features, type(self).__name__)
         return super().forward(x[:, :, None, None]).flatten(1)
 
     def madds(self, inputs: tuple[Tensor, ...], output: Tensor, convention: Any) -> int:

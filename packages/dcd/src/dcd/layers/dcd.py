@@ -7,43 +7,38 @@ Forms:
   ``y = Λ(x) ⊙ (W0 ∗ x + b) + P( BN1d(Φ(x)·z) + z )`` — effectively P(Φ + I)Qᵀ with BNs "for stability".
 * **plain**: ``y = (Λ(x)·W0 + P Φ(x) Qᵀ) ∗ x + Λ(x) ⊙ b``, exactly Eq. 3.6.
 
-Application (``mode``): "featurewise" runs every term on the features (per pixel); "synthesis" builds one kernel per
-sample through :func:`dyncore.nn.low_rank_conv2d`. In eval mode the BNs are affine, so the stabilised form folds into
-Φ_eff = diag(a₂)·Φ·diag(a₁) + diag(a₁) and a per-sample bias, and both forms give the same output. In training the
-stabilised form needs the batch statistics of the latent features, so it always runs feature-wise.
+The layer always runs its own modules (its BNs, its branch), in training and in eval, with or without autograd.
+``mode`` picks how the equation is applied: "featurewise" runs every term on the features (per pixel, the released
+computation), "synthesis" builds one kernel per sample, "auto" (default) is feature-wise in eval and, in training,
+per-sample synthesis for 1×1 layers where that costs fewer MAdds (same outputs, gradients and BN statistics).
 
-Inference (eval mode, no autograd): everything that does not depend on x is folded once into an
-:class:`InferencePlan` — the BNs of the stabilised form, hsig2's affine part, the per-sample bias P·vec(x) (one more
-head of the branch, as it is linear in the branch's hidden features), a following BN folded by :meth:`fold_bn` — so a
-layer costs the pooling, three small Linears and the convolution(s). The plan is rebuilt whenever a parameter or
-buffer changes (tensor version counters), so it is never stale.
+The fast inference form (BNs folded, hsig2's affine part and the per-sample bias folded into the branch, a following
+BN folded, kernel synthesis where cheaper) is an explicit conversion: :meth:`DynamicConvDecomposition.reparameterize`
+returns a :class:`dcd.layers.fast.DCDInference` (see :func:`dcd.reparameterize` for a whole model).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dcd.layers import _trace
 from dcd.rules import check_latent, paper_latent, scale_latent, squeeze_width
 from dyncore.nn import (
     ApplyMode,
     CoefficientBranch,
-    FoldedForward,
-    check_channels,
     check_mode,
-    check_rank,
-    conv2d_per_sample,
+    hsig2,
     low_rank_conv2d,
     low_rank_madds,
     pointwise_per_sample,
 )
 
-__all__ = ["VARIANTS", "DynamicConvDecomposition", "InferencePlan", "bn_affine", "dynamic_per_sample"]
+__all__ = ["VARIANTS", "DynamicConvDecomposition", "block_diag", "bn_affine", "dynamic_per_sample"]
 
 VARIANTS = ("full", "lambda", "residual")
 
@@ -70,12 +65,7 @@ def dynamic_per_sample(convention: Any) -> bool:
     return getattr(convention, "dynamic", "per_sample") == "per_sample"
 
 
-def _no_grad(*tensors: Tensor) -> bool:
-    """True when no autograd graph is being built through ``tensors`` (in-place accumulation is safe)."""
-    return not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors)
-
-
-def _block_diag(blocks: Tensor) -> Tensor:
+def block_diag(blocks: Tensor) -> Tensor:
     """(..., nb, r, c) → (..., nb·r, nb·c) block-diagonal."""
     *lead, nb, r, c = blocks.shape
     eye = torch.eye(nb, dtype=blocks.dtype, device=blocks.device)
@@ -83,36 +73,7 @@ def _block_diag(blocks: Tensor) -> Tensor:
     return out.reshape(*lead, nb * r, nb * c)
 
 
-@dataclass(frozen=True)
-class InferencePlan:
-    """x-independent constants of a DCD layer's eval/no-grad forward (see the module docstring).
-
-    The branch becomes ``h = FC(pool(x))``, ``h = h ⊙ clamp(G'h + 1, 0, 2)`` (hsig2 with its 1/3 folded into G') and
-    one Linear to ``[Λ logits' | vec Φ_eff | per-sample bias]`` (rows ``splits``), with Λ = clamp(·, 0, 2).
-
-    Attributes:
-        fc_w, fc_b: first branch FC, (S, F) and (S,) or None.
-        gate_w, gate_b: the gate FC with hsig2's affine part folded in, or None when the branch has no gate.
-        head_w, head_b: fused heads, (n, S) and (n,).
-        splits: sizes of the Λ, Φ_eff and bias blocks of the fused head output (0 when absent).
-        w0: W0 (C_out, C_in, k, k); w0q: cat(W0, Q) for a 1×1 layer whose W0 and Q read the same pixels, else None.
-        p, q: P (C_out, L) and Qᵀ (L, C_in), or None without the low-rank residual.
-    """
-
-    fc_w: Tensor
-    fc_b: Tensor | None
-    gate_w: Tensor | None
-    gate_b: Tensor | None
-    head_w: Tensor
-    head_b: Tensor
-    splits: tuple[int, int, int]
-    w0: Tensor
-    w0q: Tensor | None
-    p: Tensor | None
-    q: Tensor | None
-
-
-class DynamicConvDecomposition(FoldedForward):
+class DynamicConvDecomposition(nn.Module):
     """Dynamic convolution decomposition (Eq. 3.6 / 3.7; k×k: channel fusion alone).
 
     Args:
@@ -128,14 +89,12 @@ class DynamicConvDecomposition(FoldedForward):
         blocks: B diagonal blocks of the dynamic residual (Eq. 3.7); each block has L/B latent channels.
         stabilised: the released P(BN(Φ·BN(Qx)) + BN(Qx)) form (default) or the plain equation.
         fusion_bn_init: initial γ of BN(Φ·z) in the stabilised form (1 as released; 0 = start from ΛW0 + PQᵀ).
-        mode: "featurewise", "synthesis" or "auto" (default): in training the feature-wise form (the stabilised BNs
-            need batch statistics); in eval, per call, kernel synthesis for a single sample when it costs fewer MAdds
-            than the feature-wise residual (large maps, few channels), else feature-wise — see :meth:`apply_mode`.
+        mode: "featurewise", "synthesis" or "auto" (default): feature-wise in eval; in training the stabilised form
+            runs by per-sample synthesis on 1×1 layers where that costs fewer MAdds (:meth:`_train_by_synthesis`).
+            The fast inference form chooses its own application per layer (:meth:`apply_mode`, :meth:`reparameterize`).
 
     Shapes: x (B, C_in, H, W) → (B, C_out, H', W').
     """
-
-    shift: Tensor | None
 
     def __init__(
         self,
@@ -225,8 +184,6 @@ class DynamicConvDecomposition(FoldedForward):
         self.branch = CoefficientBranch(
             in_channels, heads, hidden=squeeze, pool=pool, hidden_activation="gate", output=outputs, bias=False
         )
-        self.register_buffer("shift", None)
-        self._modes: dict[tuple[str, int, int, int], ApplyMode] = {}  # (mode, batch, H, W) → resolved form
         self.reset_parameters()
 
     @classmethod
@@ -278,7 +235,8 @@ class DynamicConvDecomposition(FoldedForward):
 
     # ------------------------------------------------------------------------------------------------------------------
     def apply_mode(self, batch: int, out_hw: tuple[int, int]) -> ApplyMode:
-        """The application form for a batch of ``batch`` samples with output grid ``out_hw``.
+        """The application form of the fast inference form for ``batch`` samples with output grid ``out_hw``
+        (used by :func:`dcd.reparameterize` with an example input; the layer itself never switches forms in eval).
 
         An explicit ``mode`` is returned as is. ``"auto"``: synthesis when building the kernel, (Λ·W0: O·I·k²) +
         (PΦ_eff)Qᵀ: O·L² + O·L·I, costs fewer MAdds than the feature-wise residual, H'W'·(L·I + L² + O·L) (+ O·H'W'
@@ -305,14 +263,20 @@ class DynamicConvDecomposition(FoldedForward):
         return (x.shape[-2] + reach) // self.stride + 1, (x.shape[-1] + reach) // self.stride + 1
 
     def coefficients(self, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        """Λ(x) (B, C_out) or None, and block-diagonal Φ(x) (B, L, L) or None."""
-        out = self.branch(x)
-        assert isinstance(out, dict)
-        lam = out.get("scale")
-        phi = out.get("phi")
-        if phi is not None:
-            phi = phi.reshape(x.shape[0], self.blocks, self.block_latent, self.block_latent)
-            phi = phi[:, 0] if self.blocks == 1 else _block_diag(phi)
+        """Λ(x) (B, C_out) or None, and block-diagonal Φ(x) (B, L, L) or None.
+
+        The branch's modules run one by one (pool → fc → u ⊙ hsig2(gate(u)) → heads) so that ``torch.fx`` can trace
+        the layer (:mod:`dcd.layers._trace`)."""
+        br = self.branch
+        assert br.fc is not None
+        u = br.fc(_trace.branch_pool(x, br.pool))
+        if br.gate is not None:
+            u = u * hsig2(br.gate(u))
+        lam = hsig2(br.heads["scale"](u)) if self.use_lambda else None
+        phi = None
+        if self.use_residual:
+            phi = br.heads["phi"](u).reshape(x.shape[0], self.blocks, self.block_latent, self.block_latent)
+            phi = phi[:, 0] if self.blocks == 1 else block_diag(phi)
         return lam, phi
 
     def _full_pq(self) -> tuple[Tensor, Tensor]:
@@ -320,8 +284,8 @@ class DynamicConvDecomposition(FoldedForward):
         p = self.p.flatten(1)
         q = self.q.flatten(1)
         if self.blocks > 1:
-            p = _block_diag(p.reshape(self.blocks, self.out_channels // self.blocks, self.block_latent))
-            q = _block_diag(q.reshape(self.blocks, self.block_latent, self.in_channels // self.blocks))
+            p = block_diag(p.reshape(self.blocks, self.out_channels // self.blocks, self.block_latent))
+            q = block_diag(q.reshape(self.blocks, self.block_latent, self.in_channels // self.blocks))
         return p, q
 
     def _static(self, x: Tensor, lam: Tensor | None) -> Tensor:
@@ -373,18 +337,7 @@ class DynamicConvDecomposition(FoldedForward):
         return phi_eff, extra if bias is None else extra + bias
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.use_folded() and self.blocks == 1:
-            check_rank(x, (4,), type(self).__name__)
-            check_channels(x, self.in_channels, type(self).__name__)
-            return self._inference_forward(x)
-        y = self._forward(x)
-        if self.shift is None:
-            return y
-        return y.add_(self.shift[None, :, None, None]) if _no_grad(x, y) else y + self.shift[None, :, None, None]
-
-    def _forward(self, x: Tensor) -> Tensor:
-        check_rank(x, (4,), type(self).__name__)
-        check_channels(x, self.in_channels, type(self).__name__)
+        _trace.check_input(x, 4, self.in_channels, type(self).__name__)
         lam, phi = self.coefficients(x)
         if phi is None:
             return self._static(x, lam)
@@ -392,16 +345,13 @@ class DynamicConvDecomposition(FoldedForward):
             if self._train_by_synthesis(x):
                 return self._forward_train_synthesis(x, lam, phi)
             return self.forward_released(x, lam, phi)
-        mode = "featurewise" if self.training else self.apply_mode(x.shape[0], self._out_hw(x))
-        if mode == "featurewise" and self.blocks > 1:
+        if self.mode != "synthesis":
             return self.forward_released(x, lam, phi)
         phi_eff, bias = self.effective(lam, phi)
         p, q = self._full_pq()
-        if mode == "featurewise" and _no_grad(x, phi_eff):
-            return self._featurewise_inference(x, lam, phi_eff, bias, p, q)
         return low_rank_conv2d(
             x, p, phi_eff, q, static_weight=self.weight, static_scale=lam, bias=bias,
-            stride=self.stride, padding=self.padding, dilation=self.dilation, mode=mode,
+            stride=self.stride, padding=self.padding, dilation=self.dilation, mode="synthesis",
         )  # fmt: skip
 
     def _train_by_synthesis(self, x: Tensor) -> bool:
@@ -471,173 +421,13 @@ class DynamicConvDecomposition(FoldedForward):
             with torch.no_grad():
                 assert bn.num_batches_tracked is not None
                 bn.num_batches_tracked.add_(1)
-                f = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-                bn.running_mean.mul_(1 - f).add_(mean.detach(), alpha=f)
-                bn.running_var.mul_(1 - f).add_(var.detach() * (count / max(count - 1, 1)), alpha=f)
+                # momentum=None: cumulative average, factor 1/n as a tensor (no host sync, no graph break)
+                dt = bn.running_mean.dtype  # (float32 buffers under bf16 autocast)
+                f: Tensor | float = bn.num_batches_tracked.to(dt).reciprocal() if bn.momentum is None else bn.momentum
+                unbiased = var.detach().to(dt) * (count / max(count - 1, 1))
+                bn.running_mean.copy_(torch.lerp(bn.running_mean, mean.detach().to(dt), f))
+                bn.running_var.copy_(torch.lerp(bn.running_var, unbiased, f))
         return bn_affine(bn, mean, var)
-
-    def _featurewise_inference(
-        self, x: Tensor, lam: Tensor | None, phi_eff: Tensor, bias: Tensor | None, p: Tensor, q: Tensor
-    ) -> Tensor:
-        """Folded feature-wise form without autograd: the same sums as :func:`low_rank_conv2d` (feature-wise), but
-        accumulated in place into W0's output (no full-size temporaries: at batch 1 on large maps the allocations,
-        not the arithmetic, dominate)."""
-        y = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation)
-        if lam is not None:
-            y.mul_(lam[:, :, None, None])
-        z = F.conv2d(x, q[:, :, None, None], None, self.stride, self.inner_padding, self.dilation)
-        u = torch.bmm(phi_eff, z.flatten(2))  # (B, L, H'W')
-        y.flatten(2).baddbmm_(p.expand(x.shape[0], -1, -1), u)
-        return y if bias is None else y.add_(bias[:, :, None, None])
-
-    # ------------------------------------------------------------------------------------------------------------------
-    def inference_plan(self) -> InferencePlan:
-        """The folded constants of the no-grad eval forward (:class:`dyncore.nn.FoldedForward`: rebuilt when any
-        parameter or buffer has changed in place, been replaced, or moved)."""
-        plan: InferencePlan = self.folded()
-        return plan
-
-    def build_folded(self) -> InferencePlan:
-        br = self.branch
-        if br.fc is None:
-            raise RuntimeError(f"{type(self).__name__}: the dynamic branch has no hidden layer")
-        w0 = self.weight.detach().clone()
-        dt, dev = w0.dtype, w0.device
-        hidden = br.fc.out_features
-        gate_w = gate_b = None
-        if br.gate is not None:  # hsig2(t) = clamp(t/3 + 1, 0, 2)
-            gate_w = br.gate.weight / 3.0
-            gate_b = (0.0 if br.gate.bias is None else br.gate.bias / 3.0) + torch.ones(hidden, dtype=dt, device=dev)
-        rows_w: list[Tensor] = []
-        rows_b: list[Tensor] = []
-        n_lam = n_phi = 0
-        if self.use_lambda:
-            head = br.heads["scale"]
-            rows_w.append(head.weight / 3.0)
-            rows_b.append(
-                (0.0 if head.bias is None else head.bias / 3.0) + torch.ones(self.out_channels, dtype=dt, device=dev)
-            )
-            n_lam = self.out_channels
-        bias_w = torch.zeros(self.out_channels, hidden, dtype=dt, device=dev)
-        bias_b = (
-            torch.zeros(self.out_channels, dtype=dt, device=dev) if self.shift is None else self.shift.detach().clone()
-        )
-        if self.bias is not None and not self.use_lambda:
-            bias_b = bias_b + self.bias
-        p = q = None
-        if self.use_residual:
-            lat = self.latent
-            head = br.heads["phi"]
-            wp = head.weight.reshape(lat, lat, hidden)
-            bp = torch.zeros(lat, lat, dtype=dt, device=dev) if head.bias is None else head.bias.reshape(lat, lat)
-            p, q = self.p.detach().flatten(1).clone(), self.q.detach().flatten(1).clone()
-            if self.stabilised:  # Φ_eff = diag(a₂)Φdiag(a₁) + diag(a₁); bias P(a₂⊙(Φc₁) + c₂ + c₁) (see effective)
-                a1, c1 = bn_affine(self.bn_q)
-                a2, c2 = bn_affine(self.bn_phi)
-                scale = a2[:, None] * a1[None, :]
-                rows_w.append((wp * scale[:, :, None]).reshape(lat * lat, hidden))
-                rows_b.append((bp * scale + torch.diag(a1)).reshape(-1))
-                m_w = (wp * c1[None, :, None]).sum(1)  # Φ(x)c₁ = m_w·h + m_b
-                m_b = (bp * c1).sum(1)
-                bias_w = p @ (a2[:, None] * m_w)
-                bias_b = bias_b + p @ (a2 * m_b + c2 + c1)
-            else:
-                rows_w.append(wp.reshape(lat * lat, hidden))
-                rows_b.append(bp.reshape(-1))
-            n_phi = lat * lat
-        rows_w.append(bias_w)
-        rows_b.append(bias_b)
-        w0q = None
-        if self.use_residual and self.kernel_size == 1 and self.inner_padding == self.padding:
-            w0q = torch.cat([w0, self.q.detach()]).contiguous()
-        fc_b = None if br.fc.bias is None else br.fc.bias.detach().clone()
-        return InferencePlan(
-            fc_w=br.fc.weight.detach().clone(), fc_b=fc_b, gate_w=gate_w, gate_b=gate_b,
-            head_w=torch.cat(rows_w).contiguous(), head_b=torch.cat(rows_b).contiguous(),
-            splits=(n_lam, n_phi, self.out_channels), w0=w0, w0q=w0q, p=p, q=q,
-        )  # fmt: skip
-
-    def _inference_forward(self, x: Tensor) -> Tensor:
-        """Eval/no-grad forward through :meth:`inference_plan`; equals the stabilised/plain forms (tests)."""
-        plan = self.inference_plan()
-        n, _, h, w = x.shape
-        if self.branch.pool == 1:
-            pooled = x.mean((2, 3))
-        elif h >= 2 and w >= 2:  # the 2×2 regions of dyncore's CoefficientBranch, without its checks
-            pooled = F.avg_pool2d(x, ((h + 1) // 2, (w + 1) // 2), (h // 2, w // 2)).flatten(1)
-        else:
-            pooled = self.branch.pooled(x)
-        hidden = F.linear(pooled, plan.fc_w, plan.fc_b)
-        if plan.gate_w is not None:
-            hidden = hidden * F.linear(hidden, plan.gate_w, plan.gate_b).clamp_(0.0, 2.0)
-        elif self.branch.hidden_activation == "relu":
-            hidden = hidden.relu_()
-        coeffs = F.linear(hidden, plan.head_w, plan.head_b)
-        n_lam, n_phi, _ = plan.splits
-        lam = coeffs[:, :n_lam].clamp_(0.0, 2.0) if n_lam else None
-        bias = coeffs[:, n_lam + n_phi :]
-        if lam is not None and self.bias is not None:
-            bias = torch.addcmul(bias, lam, self.bias)
-        lat = self.latent
-        phi = coeffs[:, n_lam : n_lam + n_phi].reshape(n, lat, lat) if n_phi else None
-        form = self._modes.get((self.mode, n, h, w))
-        if form is None:
-            form = self._modes[(self.mode, n, h, w)] = self.apply_mode(n, self._out_hw(x))
-        if form == "synthesis":
-            return self._synthesis_inference(x, plan, lam, phi, bias)
-        if plan.w0q is not None:
-            y, z = F.conv2d(x, plan.w0q, None, self.stride, self.padding, self.dilation).split(
-                [self.out_channels, lat], dim=1
-            )
-        else:
-            y = F.conv2d(x, plan.w0, None, self.stride, self.padding, self.dilation)
-            z = None
-        if lam is not None:
-            y.mul_(lam[:, :, None, None])
-        if phi is not None:
-            assert plan.p is not None and plan.q is not None
-            if z is None:
-                z = F.conv2d(x, plan.q[:, :, None, None], None, self.stride, self.inner_padding, self.dilation)
-            if n == 1:  # y += P·(Φ_eff·z) as two plain GEMMs
-                y.view(self.out_channels, -1).addmm_(plan.p, phi[0] @ z.reshape(lat, -1))
-            else:
-                y.flatten(2).baddbmm_(plan.p.expand(n, -1, -1), torch.bmm(phi, z.flatten(2)))
-        return y.add_(bias[:, :, None, None])
-
-    def _synthesis_inference(
-        self, x: Tensor, plan: InferencePlan, lam: Tensor | None, phi: Tensor | None, bias: Tensor
-    ) -> Tensor:
-        """One kernel per sample, Λ·W0 + PΦ_effQᵀ on the centre tap; a single sample runs a plain conv."""
-        n, k = x.shape[0], self.kernel_size
-        c = k // 2
-        if n == 1:
-            w = plan.w0 if lam is None else plan.w0 * lam.reshape(-1, 1, 1, 1)
-            if phi is not None:
-                assert plan.p is not None and plan.q is not None
-                pphi = plan.p @ phi[0]
-                if k == 1:
-                    w = torch.addmm(w.flatten(1), pphi, plan.q)
-                    if self.stride == 1 and self.padding == 0:  # a 1×1 conv of one sample is one GEMM
-                        y = torch.addmm(bias[0, :, None], w, x.reshape(x.shape[1], -1))
-                        return y.reshape(1, self.out_channels, *x.shape[2:])
-                    w = w[:, :, None, None]
-                else:
-                    w = w.clone() if lam is None else w
-                    w[:, :, c, c] += pphi @ plan.q
-            return F.conv2d(x, w, bias[0], self.stride, self.padding, self.dilation)
-        if k == 1 and self.padding == 0:  # the batch of 1×1 kernels as one batched GEMM
-            w2 = plan.w0.flatten(1)
-            w = w2.expand(n, *w2.shape) if lam is None else lam[:, :, None] * w2
-            if phi is not None:
-                assert plan.p is not None and plan.q is not None
-                w = w + torch.matmul(plan.p, phi) @ plan.q
-            return pointwise_per_sample(x, w, bias, stride=self.stride)
-        w = plan.w0.expand(n, *plan.w0.shape) if lam is None else plan.w0 * lam[:, :, None, None, None]
-        if phi is not None:
-            assert plan.p is not None and plan.q is not None
-            w = w.clone() if lam is None else w
-            w[:, :, :, c, c] += torch.matmul(plan.p, phi) @ plan.q
-        return conv2d_per_sample(x, w, bias, stride=self.stride, padding=self.padding, dilation=self.dilation)
 
     # ------------------------------------------------------------------------------------------------------------------
     def branch_madds(self) -> int:
@@ -666,16 +456,12 @@ class DynamicConvDecomposition(FoldedForward):
         return total + nb * low_rank_madds(out_channels=ob, in_channels=ib, rank=lb, out_hw=(h, w), mode="featurewise")
 
     # ------------------------------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def fold_bn(self, bn: nn.BatchNorm2d) -> None:
-        """Fold a following eval-mode BatchNorm2d into W0, b and P (inference form; replace the BN by Identity).
+    def reparameterize(self, bn: nn.BatchNorm2d | None = None, form: ApplyMode | None = None) -> nn.Module:
+        """The explicit fast inference form of this layer (eval statistics), optionally with a following eval-mode
+        BatchNorm2d folded in: a :class:`dcd.layers.fast.DCDInference` (standard Linear/Conv2d modules).
 
-        s⊙(Λ⊙(W0∗x + b) + P(…)) + t = Λ⊙((s·W0)∗x + s·b) + (s·P)(…) + t, so t becomes a bias outside Λ."""
-        s, t = bn_affine(bn)
-        self.weight.mul_(s[:, None, None, None])
-        if self.bias is not None:
-            self.bias.mul_(s)
-        if self.use_residual:
-            self.p.mul_(s[:, None, None, None])
-        # t must not be scaled by Λ: it goes to a Λ-free shift added after everything.
-        self.shift = t.clone() if self.shift is None else s * self.shift + t
+        ``form``: "featurewise" or "synthesis" (1×1 layers without padding only); default: the form chosen by
+        :func:`dcd.reparameterize` from an example input, else feature-wise."""
+        from dcd.layers.fast import DCDInference
+
+        return DCDInference.from_layer(self, bn=bn, form=form or getattr(self, "fast_form", None) or "featurewise")

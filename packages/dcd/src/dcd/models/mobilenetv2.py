@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from timm.layers import DropPath
 from torch import Tensor, nn
 
-from dcd.models.common import ConvBNAct, DynamicConfig, conv_weight_init, static_conv
+from dcd.models.common import ConvBNAct, DynamicConfig, conv_weight_init, drop_rate_arg, static_conv
 from dcd.rules import mobilenetv2_rule
 from dyncore.nn import make_divisible
 
@@ -49,7 +50,9 @@ MBV2_SETTINGS: tuple[BlockSetting, ...] = (
 class InvertedResidual(nn.Module):
     """1×1 expand → 3×3 depthwise → 1×1 project (+ identity when stride 1 and C_in = C_out). (B, C, H, W)."""
 
-    def __init__(self, inp: int, oup: int, stride: int, expand: int, cfg: DynamicConfig) -> None:
+    def __init__(
+        self, inp: int, oup: int, stride: int, expand: int, cfg: DynamicConfig, drop_path: float = 0.0
+    ) -> None:
         super().__init__()
         hidden = round(inp * expand)
         self.use_res = stride == 1 and inp == oup
@@ -79,17 +82,25 @@ class InvertedResidual(nn.Module):
             proj = static_conv(hidden, oup, 1)
         layers.append(ConvBNAct(proj, oup, act=None))
         self.conv = nn.Sequential(*layers)
+        # stochastic depth on the residual branch (timm's DropPath; identity in eval and at rate 0)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 and self.use_res else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.conv(x) if self.use_res else self.conv(x)
+        return x + self.drop_path(self.conv(x)) if self.use_res else self.conv(x)
 
 
 class MobileNetV2(nn.Module):
-    """MobileNetV2 with a configurable dynamic layer. Input (B, 3, H, W) → logits (B, num_classes).
+    """MobileNetV2 with a configurable dynamic layer. Input (B, in_chans, H, W) → logits (B, num_classes).
+
+    timm interface: ``forward_features`` (B, C, H/32, W/32), ``forward_head(x, pre_logits)``, ``get_classifier``,
+    ``reset_classifier``, ``feature_info`` (the last block of every stride, for ``features_only=True``).
 
     Args:
         width_mult: channel multiplier (torchvision's make_divisible(c·wm, 8); last channel 1280 for wm ≤ 1).
-        num_classes, dropout: head.
+        num_classes: outputs (0: no classifier, ``forward`` returns the pooled features).
+        in_chans: input channels of the stem.
+        drop_rate: dropout before the classifier (alias ``dropout``); drop_path_rate: stochastic depth of the
+            residual blocks, rising linearly to this rate over the blocks.
         cfg: :class:`DynamicConfig` (kind static/dcd/dyconv/condconv, DCD variant, L multiplier, B, …).
         settings: the stage table (default :data:`MBV2_SETTINGS`).
         small_input: 32×32 variant (stem and first stride-2 stage at stride 1).
@@ -100,7 +111,10 @@ class MobileNetV2(nn.Module):
         *,
         width_mult: float = 1.0,
         num_classes: int = 1000,
-        dropout: float = 0.2,
+        in_chans: int = 3,
+        drop_rate: float | None = None,
+        drop_path_rate: float = 0.0,
+        dropout: float | None = None,
         cfg: DynamicConfig | None = None,
         settings: Sequence[BlockSetting] = MBV2_SETTINGS,
         small_input: bool = False,
@@ -110,36 +124,74 @@ class MobileNetV2(nn.Module):
         cfg = cfg or DynamicConfig()
         if width_mult <= 0:
             raise ValueError(f"MobileNetV2: width_mult must be positive, got {width_mult}")
+        if not isinstance(in_chans, int) or in_chans <= 0:
+            raise ValueError(f"MobileNetV2: in_chans must be a positive integer, got {in_chans!r}")
         self.cfg = cfg
+        self.drop_rate = drop_rate_arg(drop_rate, dropout, default=0.2, who="MobileNetV2")
         inp = make_divisible(32 * width_mult, 8)
         self.last_channel = make_divisible(last_channel * max(1.0, width_mult), 8)
-        features: list[nn.Module] = [ConvBNAct(static_conv(3, inp, 3, 1 if small_input else 2), inp)]
+        stride = 1 if small_input else 2
+        features: list[nn.Module] = [ConvBNAct(static_conv(in_chans, inp, 3, stride), inp)]
+        reductions = [stride]
+        channels = [inp]
+        blocks = sum(st.n for st in settings)
         first_stride_two = True
+        index = 0
         for st in settings:
             oup = make_divisible(st.c * width_mult, 8)
             for i in range(st.n):
-                stride = st.s if i == 0 else 1
-                if small_input and stride == 2 and first_stride_two:
-                    stride, first_stride_two = 1, False
-                features.append(InvertedResidual(inp, oup, stride, st.t, cfg))
+                s = st.s if i == 0 else 1
+                if small_input and s == 2 and first_stride_two:
+                    s, first_stride_two = 1, False
+                dpr = drop_path_rate * index / max(blocks - 1, 1)
+                features.append(InvertedResidual(inp, oup, s, st.t, cfg, drop_path=dpr))
+                reductions.append(reductions[-1] * s)
+                channels.append(oup)
                 inp = oup
+                index += 1
         last = cfg.vanilla(inp, self.last_channel, 1) if cfg.kind in ("dyconv", "condconv") else None
         features.append(ConvBNAct(last or static_conv(inp, self.last_channel, 1), self.last_channel))
+        reductions.append(reductions[-1])
+        channels.append(self.last_channel)
         self.features = nn.Sequential(*features)
+        # the last module of every reduction level (timm feature_info; names as in ``features_only``)
+        self.feature_info = [
+            {"num_chs": channels[i], "reduction": reductions[i], "module": f"features.{i}"}
+            for i in range(len(reductions))
+            if i == len(reductions) - 1 or reductions[i + 1] != reductions[i]
+        ]
+        self.num_features = self.head_hidden_size = self.last_channel
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout)
-        if cfg.kind == "dcd" and cfg.classifier:
-            self.classifier: nn.Module = cfg.dcd_classifier(self.last_channel, num_classes)
-        else:
-            self.classifier = nn.Linear(self.last_channel, num_classes)
+        self.dropout = nn.Dropout(self.drop_rate)
         self.num_classes = num_classes
+        self.classifier: nn.Module = self._make_classifier(num_classes)
         conv_weight_init(self, linear_std=0.01)
+
+    def _make_classifier(self, num_classes: int) -> nn.Module:
+        if num_classes <= 0:
+            return nn.Identity()
+        if self.cfg.kind == "dcd" and self.cfg.classifier:
+            return self.cfg.dcd_classifier(self.last_channel, num_classes)
+        return nn.Linear(self.last_channel, num_classes)
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+        """A new (freshly initialised) classifier with ``num_classes`` outputs (0: none)."""
+        if global_pool != "avg":
+            raise ValueError(f"MobileNetV2.reset_classifier: only global_pool='avg' is supported, got {global_pool!r}")
+        self.num_classes = num_classes
+        head = self._make_classifier(num_classes)
+        conv_weight_init(head, linear_std=0.01)
+        self.classifier = head.to(next(self.features.parameters()).device)
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.features(x)
 
-    def forward_head(self, x: Tensor) -> Tensor:
-        return self.classifier(self.dropout(torch.flatten(self.pool(x), 1)))
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = torch.flatten(self.pool(x), 1)
+        return x if pre_logits else self.classifier(self.dropout(x))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
@@ -152,5 +204,6 @@ def mobilenetv2(*, width_mult: float = 1.0, kind: str = "dcd", num_classes: int 
     cfg_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in cfg_fields}
     cfg_kw.setdefault("fc_squeeze", 16 if width_mult >= 1.0 else 8)
     cfg = kwargs.pop("cfg", None) or DynamicConfig(kind=kind, **cfg_kw)
-    kwargs.setdefault("dropout", 0.2 if width_mult >= 1.0 else 0.1)
+    if kwargs.get("drop_rate") is None and kwargs.get("dropout") is None:
+        kwargs["drop_rate"] = 0.2 if width_mult >= 1.0 else 0.1
     return MobileNetV2(width_mult=width_mult, num_classes=num_classes, cfg=cfg, **kwargs)
