@@ -5,6 +5,7 @@ embedded street scenes."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -83,7 +84,13 @@ def test_one_bdl_adaptation_step_with_a_dynamic_encoder(
     assert losses["loss"] == pytest.approx(losses["seg"] + losses["seg_pseudo"] + cfg.lambda_adv * losses["adv"])
     after_m = dict(model.encoder.named_parameters())
     changed = [k for k, v in before_m.items() if not torch.equal(v, after_m[k].detach())]
-    assert len(changed) >= 0.9 * len(before_m), f"only {len(changed)}/{len(before_m)} encoder tensors moved"
+    # DCD ResNets start each block's last BN at γ = 0 (zero_init_last, see dcd's README): at the first step nothing
+    # upstream of it inside a residual branch gets a gradient (only weight decay moves those weights). Everything
+    # else must move.
+    branch = re.compile(r"stages\.\d(\.\d+)+\.(conv1\.|conv2\.conv\.)") if encoder.startswith("dcd_resnet") else None
+    expected = [k for k in before_m if branch is None or not branch.match(k)]
+    moved = [k for k in expected if k in changed]
+    assert len(moved) >= 0.9 * len(expected), f"only {len(moved)}/{len(expected)} encoder tensors moved"
     for stage in range(5):
         assert any(k.startswith(f"stages.{stage}.") for k in changed), f"encoder stage {stage} did not move"
     after_d = dict(disc.named_parameters())

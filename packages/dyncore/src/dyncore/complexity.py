@@ -43,8 +43,6 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from dyncore.nn.folding import folded_forward
-
 __all__ = [
     "DYNAMIC_CONVENTIONS",
     "MAddsConvention",
@@ -499,8 +497,7 @@ def count_madds(
     was_training = model.training
     model.eval()
     try:
-        # folded eval forwards off: the count goes through hooks on the modules the defining forward calls
-        with torch.no_grad(), folded_forward(False), _hooks(model, counter), counter:
+        with torch.no_grad(), _hooks(model, counter), counter:
             model(*inputs)
     finally:
         model.train(was_training)

@@ -16,7 +16,6 @@ from dyncore.nn.dynamic_conv import (
     mix_experts,
     pointwise_per_sample,
 )
-from dyncore.nn.folding import FoldedForward, folded_forward, folded_forward_enabled
 from dyncore.nn.functional import (
     channel_shuffle,
     check_channels,
@@ -34,7 +33,6 @@ __all__ = [
     "OUTPUT_MAPS",
     "ApplyMode",
     "CoefficientBranch",
-    "FoldedForward",
     "Reparameterizable",
     "apply_output_map",
     "center_tap",
@@ -47,8 +45,6 @@ __all__ = [
     "expert_mixture_madds",
     "fastest_mode",
     "fold_batchnorm",
-    "folded_forward",
-    "folded_forward_enabled",
     "h_sigmoid",
     "h_swish",
     "hsig2",
