@@ -137,3 +137,22 @@ def test_config_errors() -> None:
         resnet(depth=11)
     with pytest.raises(ValueError, match="no weights are downloaded"):
         timm.create_model("dcd_resnet10", pretrained=True)
+
+
+@pytest.mark.parametrize("name", ["dcd_mobilenetv2_050", "dcd_resnet18"])
+def test_pretrained_cfg_is_dcds_own_eval_transform(name: str) -> None:
+    """timm's eval transform resolved from the model's pretrained_cfg is pixel-for-pixel dcd's own folder eval
+    transform, on images of several sizes and aspect ratios."""
+    import numpy as np
+    import timm
+    from PIL import Image
+
+    from dcd.data import folder_transform
+
+    model = timm.create_model(name)
+    timm_eval = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    ours = folder_transform("val", 224)
+    rng = np.random.default_rng(0)
+    for size in ((300, 411), (256, 256), (500, 240)):
+        image = Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8))
+        assert torch.equal(timm_eval(image), ours(image))
