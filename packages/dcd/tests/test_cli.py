@@ -98,3 +98,28 @@ def test_eval_refuses_checkpoint_without_model_spec(tmp_path: Path, capsys: pyte
     argv = ["eval", "--data", "digits5:usps", "--limit", "8", "--workers", "0", "--checkpoint", str(path)]
     assert _run([*argv, "--out", str(tmp_path / "e")]) == 2
     assert "records no model spec" in capsys.readouterr().err
+
+
+def test_a_refused_resume_keeps_config_and_a_resume_carries_the_best(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 14 item 5: config.json is written only after the resume check passes, and result.json's best is the
+    best over every epoch, those before the interruption included."""
+    monkeypatch.setenv("DYNCORE_NO_PROGRESS", "1")
+    out = tmp_path / "run"
+    args = ["train", "--model", "dcd_resnet10", "--data", "digits5:usps", "--limit", "64", "--workers", "0",
+            "--batch-size", "16", "--out", str(out)]  # fmt: skip
+    assert _run([*args, "--epochs", "1"]) == 0
+    config = (out / "config.json").read_bytes()
+    first = json.loads((out / "result.json").read_text())
+    capsys.readouterr()
+    assert _run([*args, "--epochs", "2", "--lr", "0.5"]) == 2  # another lr: refused, nothing overwritten
+    assert "lr" in capsys.readouterr().err
+    assert (out / "config.json").read_bytes() == config
+    # the kept best stands in for the epochs before the "interruption"; a resume must not forget it
+    (out / "result.json").write_text(json.dumps({**first, "best_top1": 99.5}))
+    assert _run([*args, "--epochs", "2"]) == 0
+    second = json.loads((out / "result.json").read_text())
+    assert second["epochs_done"] == 2 and second["best_top1"] == 99.5
+    steps = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
