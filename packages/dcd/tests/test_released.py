@@ -7,16 +7,15 @@ state_dict in compact form and the logits the authors' unmodified code computes 
 from __future__ import annotations
 
 import copy
-import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 import timm
 import torch
 
 import dcd
 from dyncore.export import relative_error
+from dyncore.testing import reference_input, released_reference
 from dyncore.training import CheckpointError
 
 DATA = Path(__file__).parent / "data"
@@ -25,31 +24,14 @@ FIXTURES = {"mbv2_050": "dcd_mobilenetv2_050", "resnet18": "dcd_resnet18"}
 RTOL64 = 1e-9
 
 
-def released_state(npz: np.lib.npyio.NpzFile) -> dict[str, torch.Tensor]:
-    """The released state_dict, rebuilt as the fixture format describes (rule_std / shape:<key> / x:<key>)."""
-    state: dict[str, torch.Tensor] = {}
-    for key, std in zip(npz["keys"], npz["rule_std"], strict=True):
-        key = str(key)
-        if std > 0:
-            shape = tuple(int(s) for s in npz["shape:" + key])
-            gen = torch.Generator().manual_seed(zlib.crc32(key.encode()))
-            state[key] = torch.randn(shape, generator=gen, dtype=torch.float32) * float(std)
-        else:
-            state[key] = torch.from_numpy(np.array(npz["x:" + key]))
-    return state
-
-
-def fixture_input() -> torch.Tensor:
-    return torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+fixture_input = reference_input
 
 
 @pytest.fixture(scope="module", params=sorted(FIXTURES))
 def released(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, dict]:
-    npz = np.load(DATA / f"released_{request.param}.npz")
-    state = released_state(npz)
+    state, refs = released_reference(DATA / f"released_{request.param}.npz")
     path = tmp_path_factory.mktemp("released") / f"{request.param}.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)  # as DataParallel saved it
-    refs = {k: torch.from_numpy(np.array(npz[k])) for k in ("eval64", "eval32", "train64")}
     return FIXTURES[request.param], path, {"state": state, **refs}
 
 

@@ -9,16 +9,15 @@ The input is ``torch.randn(2, 3, 224, 224, generator=manual_seed(2))``.
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 import timm
 import torch
 
 import micronet
 from dyncore.export import relative_error
+from dyncore.testing import reference_input, released_reference
 from dyncore.training import CheckpointError
 from micronet.released import released_key
 
@@ -28,21 +27,10 @@ MODELS = ["m0", "m1", "m3"]
 
 def released_state_dict(name: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(the released state_dict rebuilt from the npz, {eval64, eval32, train64})."""
-    f = np.load(DATA / f"released_{name}.npz")
-    sd: dict[str, torch.Tensor] = {}
-    for key, std in zip(f["keys"], f["rule_std"], strict=True):
-        key = str(key)
-        if std > 0:
-            shape = tuple(int(v) for v in f["shape:" + key])
-            g = torch.Generator().manual_seed(zlib.crc32(key.encode()))
-            sd[key] = torch.randn(shape, generator=g, dtype=torch.float32) * float(std)
-        else:
-            sd[key] = torch.from_numpy(np.array(f["x:" + key]))
-    return sd, {k: torch.from_numpy(f[k]) for k in ("eval64", "eval32", "train64")}
+    return released_reference(DATA / f"released_{name}.npz")
 
 
-def _released_input() -> torch.Tensor:
-    return torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+_released_input = reference_input
 
 
 def _save(sd: dict[str, torch.Tensor], path: Path) -> Path:

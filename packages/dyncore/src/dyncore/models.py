@@ -34,6 +34,7 @@ __all__ = [
     "IMAGENET_STD",
     "TIMM_KWARGS",
     "build_timm_model",
+    "check_fits",
     "create_from_spec",
     "default_cfg",
     "load_converted",
@@ -239,6 +240,36 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     return tensors
 
 
+def check_fits(
+    state_dict: Mapping[str, Tensor],
+    model: nn.Module,
+    *,
+    source: str,
+    may_be_missing: Callable[[str], bool] | None = None,
+    model_name: str | None = None,
+) -> None:
+    """Raise CheckpointError unless ``state_dict`` has exactly ``model``'s keys and shapes (keys for which
+    ``may_be_missing`` is true may be absent, e.g. a classifier timm re-initialises); the message lists the first 20
+    unmatched keys of each side and names ``source``."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict and not (may_be_missing is not None and may_be_missing(k))]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [
+        f"{k}: file {list(v.shape)} vs model {list(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = [f"{source} does not fit {model_name or type(model).__name__}:"]
+        if missing:
+            parts.append(f"model keys with no match in the file ({len(missing)}): {missing[:20]}")
+        if unexpected:
+            parts.append(f"file keys with no match in the model ({len(unexpected)}): {unexpected[:20]}")
+        if shapes:
+            parts.append(f"shape mismatches ({len(shapes)}): {shapes[:20]}")
+        raise CheckpointError("\n  ".join(parts))
+
+
 def load_converted(
     model: nn.Module,
     state_dict: Mapping[str, Tensor],
@@ -253,23 +284,7 @@ def load_converted(
             each side and names ``source``.
     """
     converted = convert(dict(state_dict), model)
-    own = model.state_dict()
-    missing = [k for k in own if k not in converted]
-    unexpected = [k for k in converted if k not in own]
-    shapes = [
-        f"{k}: file {list(v.shape)} vs model {list(own[k].shape)}"
-        for k, v in converted.items()
-        if k in own and tuple(v.shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or shapes:
-        parts = [f"{source} does not fit {type(model).__name__}:"]
-        if missing:
-            parts.append(f"model keys with no match in the file ({len(missing)}): {missing[:20]}")
-        if unexpected:
-            parts.append(f"file keys with no match in the model ({len(unexpected)}): {unexpected[:20]}")
-        if shapes:
-            parts.append(f"shape mismatches ({len(shapes)}): {shapes[:20]}")
-        raise CheckpointError("\n  ".join(parts))
+    check_fits(converted, model, source=source)
     with torch.no_grad():
         model.load_state_dict(converted, strict=True)
     return model

@@ -32,8 +32,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from dyncore.models import load_converted, read_state_dict
-from dyncore.training import CheckpointError
+from dyncore.models import check_fits, load_converted, read_state_dict
 from micronet.model import MicroNet
 
 __all__ = ["checkpoint_filter_fn", "convert_released", "is_released_layout", "load_released", "released_key"]
@@ -115,23 +114,13 @@ def _fit_classifier(state_dict: dict[str, Tensor], net: MicroNet) -> dict[str, T
 
 
 def _check_fits(state_dict: Mapping[str, Tensor], net: MicroNet, *, source: str, classifier_dropped: bool) -> None:
-    own = net.state_dict()
-    missing = [k for k in own if k not in state_dict and not (classifier_dropped and k.startswith("head.fc2."))]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [
-        f"{k}: file {list(v.shape)} vs model {list(own[k].shape)}"
-        for k, v in state_dict.items()
-        if k in own and tuple(v.shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or shapes:
-        parts = [f"{source} does not fit {net.config.name} (neither the released layout nor ours):"]
-        if unexpected:
-            parts.append(f"file keys with no match in the model ({len(unexpected)}): {unexpected[:20]}")
-        if missing:
-            parts.append(f"model keys with no match in the file ({len(missing)}): {missing[:20]}")
-        if shapes:
-            parts.append(f"shape mismatches ({len(shapes)}): {shapes[:20]}")
-        raise CheckpointError("\n  ".join(parts))
+    check_fits(
+        state_dict,
+        net,
+        source=source,
+        may_be_missing=lambda k: classifier_dropped and k.startswith("head.fc2."),
+        model_name=f"{net.config.name} (neither the released layout nor ours)",
+    )
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
