@@ -8,6 +8,7 @@ optimisation step to an :class:`AlignmentMethod` (one module per method of Table
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -34,7 +35,7 @@ def is_new_parameter(name: str) -> bool:
     return ".coefficients." in name or name.endswith(".bases")
 
 
-class AlignmentMethod:
+class AlignmentMethod(abc.ABC):
     """One alignment loss L_d of Eq. 6.6 as an optimisation step on a :class:`Learner`.
 
     Subclasses set ``name`` and implement :meth:`step`; a method with its own modules (a discriminator) creates
@@ -65,12 +66,12 @@ class AlignmentMethod:
         """The method's part of the learner state, keyed by :data:`STATE_KEYS` (absent keys are saved as None)."""
         return {}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:  # noqa: B027  (a no-op default, not abstract)
         """Restore :meth:`state_dict` (the keys this method owns, validated by the learner)."""
 
+    @abc.abstractmethod
     def step(self, step: int, xs: Tensor, ys: Tensor, ds: Tensor | None, xt: Tensor) -> dict[str, float]:
         """One optimisation step on a source batch (xs, ys[, ds]) and a target batch xt; returns the losses."""
-        raise NotImplementedError
 
 
 class Learner:
