@@ -25,8 +25,12 @@ def test_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
     assert _run(["train", "--data", "digits5:nope", "--quick", "--out", "/tmp/x", "--device", "nope"]) == 2
 
 
-def test_demo_quick_writes_summary(tmp_path: Path) -> None:
+def test_demo_quick_writes_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _run(["demo", "--quick", "--steps", "2", "--seeds", "1", "--out", str(tmp_path)]) == 0
+    from dcd.demo import DEMO_VARIANTS
+
+    out = capsys.readouterr().out  # a progress line as each compared model finishes (issue 14 item 8)
+    assert all(any(line.startswith(name) and "top-1" in line for line in out.splitlines()) for name in DEMO_VARIANTS)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["package"] == "dcd" and len(summary["claims"]) == 6
     assert (tmp_path / summary["plots"][0]).is_file()
